@@ -1,0 +1,10 @@
+"""Text -> word, sentence and document vectors with ONNX-exported BERT encoders.
+
+Runtime needs only onnxruntime, tokenizers and numpy; building the ONNX files
+(`interest-stream export-model`) additionally needs the `export` extra.
+"""
+
+from encoders.encoder import EncodedText, Encoder, EmptyTextError
+from encoders.models import MODELS, ModelSpec, get_spec
+
+__all__ = ["MODELS", "EmptyTextError", "EncodedText", "Encoder", "ModelSpec", "get_spec"]

@@ -1,0 +1,91 @@
+"""ONNX Runtime sessions: which provider and precision, and how the session is tuned."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from encoders.models import Precision
+
+log = logging.getLogger("encoders")
+
+Device = Literal["auto", "cpu", "cuda"]
+CUDA = "CUDAExecutionProvider"
+CPU = "CPUExecutionProvider"
+# Each provider runs the precision it is fast at: int8 kernels are CPU-only in ORT, and
+# fp16 halves memory traffic on a GPU but is emulated (slow) on most CPUs.
+DEFAULT_PRECISION: dict[str, Precision] = {CUDA: "fp16", CPU: "int8"}
+
+
+class EncoderRuntimeError(RuntimeError):
+    """No usable ONNX Runtime, provider or model file."""
+
+
+def import_onnxruntime() -> Any:
+    try:
+        import onnxruntime
+    except ImportError:
+        raise EncoderRuntimeError(
+            "onnxruntime is not installed: pip install 'interest-stream[cpu]' "
+            "(or 'interest-stream[gpu]' for CUDA)"
+        ) from None
+    return onnxruntime
+
+
+@dataclass(frozen=True)
+class SessionPlan:
+    provider: str
+    precision: Precision
+
+
+def plan_session(
+    available: list[str], device: Device = "auto", precision: Precision | None = None
+) -> SessionPlan:
+    """Pick provider and precision from what this onnxruntime build offers.
+
+    >>> plan_session(["CUDAExecutionProvider", "CPUExecutionProvider"])
+    SessionPlan(provider='CUDAExecutionProvider', precision='fp16')
+    >>> plan_session(["CPUExecutionProvider"])
+    SessionPlan(provider='CPUExecutionProvider', precision='int8')
+    >>> plan_session(["CUDAExecutionProvider", "CPUExecutionProvider"], "cpu", "fp32")
+    SessionPlan(provider='CPUExecutionProvider', precision='fp32')
+    """
+    if device not in ("auto", "cpu", "cuda"):
+        raise ValueError(f"device must be auto, cpu or cuda, not {device!r}")
+    if device == "cuda" and CUDA not in available:
+        raise EncoderRuntimeError(
+            "device 'cuda' asked for, but this onnxruntime has no CUDAExecutionProvider "
+            f"(it has {available}); install 'interest-stream[gpu]' on a machine with a GPU"
+        )
+    provider = CUDA if device != "cpu" and CUDA in available else CPU
+    return SessionPlan(provider, precision or DEFAULT_PRECISION[provider])
+
+
+def create_session(path: Path, plan: SessionPlan, threads: int = 0) -> Any:
+    """An InferenceSession on the planned provider. threads=0 lets ORT use all cores."""
+    ort = import_onnxruntime()
+    if not path.exists():
+        raise EncoderRuntimeError(
+            f"model file {path} is missing: run `interest-stream export-model "
+            f"--model {path.parent.name} --precision {plan.precision}`"
+        )
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    providers: list[Any] = [CPU]
+    if plan.provider == CUDA:
+        cuda_opts = {
+            "cudnn_conv_use_max_workspace": "1",
+            "arena_extend_strategy": "kSameAsRequested",
+            "do_copy_in_default_stream": "1",
+        }
+        providers = [(CUDA, cuda_opts), CPU]
+    session = ort.InferenceSession(str(path), sess_options=opts, providers=providers)
+    got = session.get_providers()[0]
+    if got != plan.provider:
+        raise EncoderRuntimeError(f"{plan.provider} failed to initialise (session runs on {got})")
+    return session
