@@ -4,7 +4,7 @@ Runtime needs only onnxruntime, tokenizers and numpy; building the ONNX files
 (`interest-stream export-model`) additionally needs the `export` extra.
 """
 
-from encoders.encoder import EncodedText, Encoder, EmptyTextError
+from encoders.encoder import EmptyTextError, EncodedText, Encoder
 from encoders.models import MODELS, ModelSpec, get_spec
 
 __all__ = ["MODELS", "EmptyTextError", "EncodedText", "Encoder", "ModelSpec", "get_spec"]

@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from encoders.batching import length_buckets
 from encoders.models import (
     DEFAULT_MODEL,
     Precision,
@@ -98,7 +99,10 @@ class Encoder:
         self.tokenizer = Tokenizer.from_file(str(tok_path))
         self.tokenizer.no_truncation()
         self.tokenizer.no_padding()
-        ids = {t: self.tokenizer.token_to_id(t) for t in (self.spec.cls_token, self.spec.sep_token, self.spec.pad_token)}
+        ids = {
+            t: self.tokenizer.token_to_id(t)
+            for t in (self.spec.cls_token, self.spec.sep_token, self.spec.pad_token)
+        }
         if None in ids.values():
             raise EncoderRuntimeError(f"{tok_path} lacks special tokens: {ids}")
         self.cls_id, self.sep_id, self.pad_id = (int(v) for v in ids.values())
@@ -144,7 +148,9 @@ class Encoder:
             sentence_lists.append(split_sentences(text))
         flat = [s for sents in sentence_lists for s in sents]
         prefix = self.spec.prefix(kind)
-        encoded = self.tokenizer.encode_batch([prefix, *flat] if prefix else flat, add_special_tokens=False)
+        encoded = self.tokenizer.encode_batch(
+            [prefix, *flat] if prefix else flat, add_special_tokens=False
+        )
         prefix_ids = encoded[0].ids if prefix else []
         encoded = encoded[1:] if prefix else encoded
         budget = self.max_length - 2 - len(prefix_ids)
@@ -181,21 +187,6 @@ class Encoder:
             out.append(_Prepared(ids, words, sentence_words, kept, truncated))
         return out
 
-    def _batches(self, lengths: list[int]) -> list[list[int]]:
-        """Length-bucketed batches: sorted by length, cut by row count and padded tokens."""
-        order = sorted(range(len(lengths)), key=lengths.__getitem__)
-        batches: list[list[int]] = []
-        cur: list[int] = []
-        for i in order:
-            # sorted ascending, so lengths[i] is the padded width if i joins the batch
-            if cur and (len(cur) >= self.max_batch or (len(cur) + 1) * lengths[i] > self.max_batch_tokens):
-                batches.append(cur)
-                cur = []
-            cur.append(i)
-        if cur:
-            batches.append(cur)
-        return batches
-
     # ------------------------------------------------------------------ inference
 
     def token_vectors(self, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
@@ -211,7 +202,8 @@ class Encoder:
         prepared = self._prepare(texts, kind)
         results: list[EncodedText | None] = [None] * len(prepared)
         t0 = time.perf_counter()
-        for batch in self._batches([len(p.ids) for p in prepared]):
+        lengths = [len(p.ids) for p in prepared]
+        for batch in length_buckets(lengths, self.max_batch, self.max_batch_tokens):
             width = max(len(prepared[i].ids) for i in batch)
             ids = np.full((len(batch), width), self.pad_id, dtype=np.int64)
             mask = np.zeros((len(batch), width), dtype=np.int64)

@@ -103,7 +103,9 @@ def _load_e5_small() -> tuple[Any, Any]:
     )
     config._attn_implementation = "eager"
     model = BertModel(config, add_pooling_layer=False)
-    state = {k: torch.from_numpy(v.reshape(model.state_dict()[k].shape)) for k, v in src.tensors.items()}
+    state = {
+        k: torch.from_numpy(v.reshape(model.state_dict()[k].shape)) for k, v in src.tensors.items()
+    }
     missing, unexpected = model.load_state_dict(state, strict=False)
     missing = [k for k in missing if not k.endswith("position_ids")]
     if missing or unexpected:
@@ -215,8 +217,9 @@ def _quantize_int8(fp32: Path, target: Path) -> None:
     all ops, per-tensor 0.91; per-channel + 7-bit range (no VPMADDUBSW saturation on
     AVX2) 0.986; the same keeping the FFN down-projections in fp32 0.993. The input of
     those is GELU output, whose long tail per-tensor activation scales handle badly."""
-    import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    import onnx
 
     graph = onnx.load(str(fp32), load_external_data=False).graph
     ffn_down = [

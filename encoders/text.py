@@ -77,9 +77,7 @@ def is_content_word(word: str) -> bool:
     return any(ch.isalnum() for ch in word) and word.lower() not in STOPWORDS
 
 
-def merge_subwords(
-    tokens: Sequence[str], style: SubwordStyle, offset: int = 0
-) -> list[Word]:
+def merge_subwords(tokens: Sequence[str], style: SubwordStyle, offset: int = 0) -> list[Word]:
     """Group subword pieces into words; piece i gets index offset + i.
 
     WordPiece marks continuations with '##'. SentencePiece marks word starts with '▁';
@@ -87,7 +85,8 @@ def merge_subwords(
     punctuation, where XLM-R's vocabulary has no spaces to mark anything. A bare '▁'
     only marks a boundary.
 
-    >>> [w.text for w in merge_subwords(["▁Real", "ly", "▁great", "!", "▁我", "爱", "电影"], "sentencepiece")]
+    >>> pieces = ["▁Real", "ly", "▁great", "!", "▁我", "爱", "电影"]
+    >>> [w.text for w in merge_subwords(pieces, "sentencepiece")]
     ['Really', 'great', '!', '我', '爱', '电影']
     >>> [(w.text, w.pieces) for w in merge_subwords(["sci", "##fi", "films"], "wordpiece", 1)]
     [('scifi', (1, 2)), ('films', (3,))]

@@ -1,0 +1,1 @@
+"""interest-stream: the streaming service around the encoders and the interest state."""

@@ -1,0 +1,152 @@
+"""`interest-stream` command line. Heavy imports happen inside each command."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from encoders.models import DEFAULT_MODEL, MODELS, PRECISIONS
+
+SEED_SENTENCE = "我爱看电影，特别喜欢科幻片和动作片。"
+
+
+def _round(vectors: Any, digits: int = 6) -> Any:
+    return [[round(float(x), digits) for x in row] for row in vectors]
+
+
+def cmd_export_model(args: argparse.Namespace) -> int:
+    from encoders.export import ExportError, export_model
+
+    precisions = [args.precision] if args.precision else list(PRECISIONS)
+    try:
+        entry = export_model(args.model, precisions)
+    except ExportError as err:
+        print(f"export failed: {err}", file=sys.stderr)
+        return 1
+    for name, info in sorted(entry["files"].items()):
+        extra = (
+            f"  min cosine vs torch {info['min_cosine_vs_torch']}" if "precision" in info else ""
+        )
+        print(f"{name:20s} {info['bytes'] / 2**20:8.1f} MiB  sha256 {info['sha256'][:16]}…{extra}")
+    return 0
+
+
+def _encoder(args: argparse.Namespace) -> Any:
+    from encoders import Encoder
+
+    return Encoder(args.model, device=args.device, precision=args.precision, auto_export=True)
+
+
+def cmd_encode(args: argparse.Namespace) -> int:
+    from encoders import EmptyTextError
+
+    enc = _encoder(args)
+    try:
+        results = enc.encode(args.texts, kind=args.kind)
+    except EmptyTextError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    if args.json:
+        out = {
+            "model": enc.spec.name,
+            "dim": enc.dim,
+            "provider": enc.provider,
+            "precision": enc.precision,
+            "texts": [
+                {
+                    "text": text,
+                    "tokens": list(r.words),
+                    "sentences": list(r.sentences),
+                    "truncated": r.truncated,
+                    "word_vectors": _round(r.word_vectors),
+                    "sentence_vectors": _round(r.sentence_vectors),
+                    "document_vector": _round([r.document_vector])[0],
+                }
+                for text, r in zip(args.texts, results, strict=True)
+            ],
+        }
+        json.dump(out, sys.stdout, ensure_ascii=False)
+        print()
+        return 0
+    print(f"model {enc.spec.name} ({enc.precision}) on {enc.provider}, dim {enc.dim}")
+    for text, r in zip(args.texts, results, strict=True):
+        _print_encoded(text, r)
+    return 0
+
+
+def _print_encoded(text: str, r: Any) -> None:
+    import numpy as np
+
+    print(f"\n{text}")
+    print(f"  words     {len(r.words):3d} x {r.word_vectors.shape[1]}  {' '.join(r.words)}")
+    norms = ", ".join(f"{n:.2f}" for n in np.linalg.norm(r.word_vectors, axis=1))
+    print(f"            norms [{norms}]")
+    snorms = ", ".join(f"{n:.2f}" for n in np.linalg.norm(r.sentence_vectors, axis=1))
+    print(f"  sentences {len(r.sentences):3d} x {r.sentence_vectors.shape[1]}  norms [{snorms}]")
+    print(
+        f"  document  {r.document_vector.shape[0]:9d}  norm {np.linalg.norm(r.document_vector):.2f}"
+    )
+    head = ", ".join(f"{x:+.4f}" for x in r.document_vector[:4])
+    print(f"  first 4 dims of the document vector: [{head}, ...]")
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """For now: the encoder on the seed sentence (later issues make this the streaming demo)."""
+    enc = _encoder(args)
+    text = args.text or SEED_SENTENCE
+    r = enc.encode([text], kind="passage")[0]
+    print(f"interest-stream demo: {enc.spec.name} ({enc.precision}) on {enc.provider}")
+    _print_encoded(text, r)
+    return 0
+
+
+def _add_encoder_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", choices=sorted(MODELS), default=DEFAULT_MODEL)
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    p.add_argument(
+        "--precision", choices=PRECISIONS, default=None, help="default: int8 on CPU, fp16 on CUDA"
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="interest-stream", description="Real-time multi-granularity user interest vectors."
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("export-model", help="build the ONNX encoder from packaged weights")
+    p.add_argument("--model", choices=sorted(MODELS), default=DEFAULT_MODEL)
+    p.add_argument("--precision", choices=PRECISIONS, default=None, help="default: all three")
+    p.set_defaults(func=cmd_export_model)
+
+    p = sub.add_parser("encode", help="print word/sentence/document vectors of texts")
+    p.add_argument("texts", nargs="+", metavar="TEXT")
+    p.add_argument("--kind", choices=["query", "passage"], default="passage")
+    p.add_argument("--json", action="store_true")
+    _add_encoder_options(p)
+    p.set_defaults(func=cmd_encode)
+
+    p = sub.add_parser("demo", help="run the demo")
+    p.add_argument("--text", default=None, help=f"default: {SEED_SENTENCE}")
+    _add_encoder_options(p)
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
