@@ -29,6 +29,7 @@ from encoders.models import (
 from encoders.pooling import document_vector, pool
 from encoders.runtime import (
     CPU,
+    CUDA,
     Device,
     EncoderRuntimeError,
     SessionPlan,
@@ -191,7 +192,17 @@ class Encoder:
 
     def token_vectors(self, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
         """One forward pass: [batch, seq] ids and mask -> [batch, seq, dim] float32."""
-        out = self.session.run(None, {"input_ids": ids, "attention_mask": mask})[0]
+        if self.provider == CUDA:
+            # IO binding: ORT copies the inputs to the device once and allocates the
+            # output there, instead of staging both through its own host buffers
+            binding = self.session.io_binding()
+            binding.bind_cpu_input("input_ids", ids)
+            binding.bind_cpu_input("attention_mask", mask)
+            binding.bind_output("last_hidden_state", "cuda")
+            self.session.run_with_iobinding(binding)
+            out = binding.copy_outputs_to_cpu()[0]
+        else:
+            out = self.session.run(None, {"input_ids": ids, "attention_mask": mask})[0]
         return out.astype(np.float32, copy=False)
 
     def encode(self, texts: Sequence[str], kind: TextKind = "passage") -> list[EncodedText]:

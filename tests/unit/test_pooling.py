@@ -33,7 +33,9 @@ def test_pool_matches_loop_reference(n: int, d: int, data: st.DataObject, scale:
     got = pool(vectors, groups, scale)  # type: ignore[arg-type]
     assert got.shape == (len(groups), d)
     if groups:
-        np.testing.assert_allclose(got, reference_pool(vectors, groups, scale), rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(
+            got, reference_pool(vectors, groups, scale), rtol=1e-5, atol=1e-5
+        )
 
 
 def test_seed_formulas_word_sentence_document() -> None:
@@ -52,7 +54,9 @@ def test_pool_rejects_empty_groups() -> None:
 
 
 @given(st.lists(st.integers(1, 512), max_size=200), st.integers(1, 64), st.integers(1, 20000))
-def test_length_buckets_partition_and_bounds(lengths: list[int], max_batch: int, max_tokens: int) -> None:
+def test_length_buckets_partition_and_bounds(
+    lengths: list[int], max_batch: int, max_tokens: int
+) -> None:
     batches = length_buckets(lengths, max_batch, max_tokens)
     assert sorted(i for b in batches for i in b) == list(range(len(lengths)))
     for b in batches:

@@ -42,7 +42,9 @@ def test_split_loses_no_content(text: str) -> None:
 
 
 def test_merge_sentencepiece_words() -> None:
-    words = merge_subwords(["▁Science", "▁fic", "tion", "▁films", "!", "▁", "科幻", "电影"], "sentencepiece", 1)
+    words = merge_subwords(
+        ["▁Science", "▁fic", "tion", "▁films", "!", "▁", "科幻", "电影"], "sentencepiece", 1
+    )
     assert [(w.text, w.pieces, w.content) for w in words] == [
         ("Science", (1,), True),
         ("fiction", (2, 3), True),
