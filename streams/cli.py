@@ -7,6 +7,7 @@ import json
 import logging
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from encoders.models import DEFAULT_MODEL, MODELS, PRECISIONS
@@ -104,6 +105,79 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _iso(ts: float | None) -> str:
+    import datetime as dt
+
+    if ts is None:
+        return "-"
+    return dt.datetime.fromtimestamp(ts, dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def cmd_profile(args: argparse.Namespace) -> int:
+    from streams.profile import build_profile
+    from streams.state import CHANNELS
+
+    for path in (args.events, args.items):
+        if path and not Path(path).is_file():
+            print(f"error: no such file: {path}", file=sys.stderr)
+            return 2
+    enc = _encoder(args)
+    prof = build_profile(args.events, args.user, enc, items_path=args.items, at=args.at)
+    st = prof.state
+    t = args.at if args.at is not None else st.last_ts
+    weights = dict(zip(CHANNELS, st.weights(t).tolist(), strict=True))
+    bad = [
+        {"file": f, "line": n, "reason": reason}
+        for f, rep in prof.reports.items()
+        for n, reason in rep.bad
+    ]
+    if args.json:
+        vectors = {c: st.vector(c) for c in CHANNELS}
+        fused = st.fused()
+        out = {
+            "user_id": args.user,
+            "at": t,
+            "applied": prof.applied,
+            "duplicates_skipped": prof.duplicates,
+            "clicks_without_item_text": prof.items_missing,
+            "counts": st.counts,
+            "first_ts": st.first_ts,
+            "last_ts": st.last_ts,
+            "weights": weights,
+            "top_terms": [[w, round(v, 6)] for w, v in st.top_terms(t=t)],
+            "seen_items": st.seen_items(),
+            "state_bytes": len(st.to_bytes()),
+            "vectors": {
+                **{c: None if v is None else _round([v])[0] for c, v in vectors.items()},
+                "fused": None if fused is None else _round([fused])[0],
+            },
+            "bad_lines": bad,
+        }
+        json.dump(out, sys.stdout, ensure_ascii=False)
+        print()
+        return 0
+    if prof.applied == 0:
+        print(f"user {args.user}: no events in {args.events}" + (" up to --at" if args.at else ""))
+    counts = ", ".join(f"{k} {v}" for k, v in st.counts.items())
+    print(f"user {args.user}: {prof.applied} events applied ({counts})")
+    if prof.duplicates:
+        print(f"  {prof.duplicates} duplicate event ids skipped")
+    if prof.items_missing:
+        print(f"  {prof.items_missing} clicks on items with no text (counted, no vectors)")
+    print(f"  first event {_iso(st.first_ts)}, last {_iso(st.last_ts)}, state at {_iso(t)}")
+    print("  decayed weights: " + ", ".join(f"{c} {w:.3f}" for c, w in weights.items()))
+    terms = st.top_terms(10, t=t)
+    print("  top terms: " + (", ".join(f"{w} {v:.2f}" for w, v in terms) or "-"))
+    print(f"  state {len(st.to_bytes())} bytes")
+    for f, rep in prof.reports.items():
+        print(f"{f}: {rep.summary()}")
+    for b in bad[:10]:
+        print(f"  {b['file']}:{b['line']}: {b['reason']}")
+    if len(bad) > 10:
+        print(f"  ... {len(bad) - 10} more (--json lists all)")
+    return 0
+
+
 def _add_encoder_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", choices=sorted(MODELS), default=DEFAULT_MODEL)
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
@@ -130,6 +204,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     _add_encoder_options(p)
     p.set_defaults(func=cmd_encode)
+
+    p = sub.add_parser("profile", help="one user's interest state from a replay file")
+    p.add_argument("--events", required=True, help="JSON Lines replay file (.gz ok)")
+    p.add_argument("--items", default=None, help="extra file with item lines")
+    p.add_argument("--user", required=True, help="user id")
+    p.add_argument("--at", type=float, default=None, help="Unix time; default: last event")
+    p.add_argument("--json", action="store_true")
+    _add_encoder_options(p)
+    p.set_defaults(func=cmd_profile)
 
     p = sub.add_parser("demo", help="run the demo")
     p.add_argument("--text", default=None, help=f"default: {SEED_SENTENCE}")

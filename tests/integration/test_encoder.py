@@ -162,3 +162,69 @@ def test_cli_encode_json() -> None:
         [sys.executable, "-m", "streams.cli", "encode", " "], capture_output=True, text=True
     )
     assert bad.returncode == 2 and "empty or whitespace" in bad.stderr
+
+
+def test_cli_profile_from_replay_file() -> None:
+    """`interest-stream profile`: the worker's encoder + state code over a replay file."""
+    from pathlib import Path
+
+    sample = Path(__file__).parent.parent / "data" / "sample_events.jsonl"
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "streams.cli",
+            "profile",
+            "--events",
+            str(sample),
+            "--user",
+            "u1",
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=300,
+    )
+    doc = json.loads(out.stdout)
+    assert doc["applied"] == 7 and doc["duplicates_skipped"] == 1
+    assert doc["counts"] == {"click": 4, "search": 1, "comment": 2, "negative": 2}
+    assert {"科幻", "电影"} <= {t for t, _ in doc["top_terms"][:4]}
+    assert [b["line"] for b in doc["bad_lines"]] == [13, 14]
+    assert doc["state_bytes"] <= 4096
+    v = {k: np.array(x) for k, x in doc["vectors"].items()}
+    assert all(v[k].shape == (384,) for k in ("word", "sentence", "document", "negative", "fused"))
+    # the user likes sci-fi: the fused vector sits nearer the sci-fi items than the stock news
+    enc = Encoder("e5-small", device="cpu")
+    scifi, stocks = (
+        unit(r.document_vector)
+        for r in enc.encode(
+            [
+                "流浪地球\n中国科幻电影，人类带着地球逃离太阳系。",
+                "Stock market weekly\nMarkets fell as inflation data surprised investors.",
+            ]
+        )
+    )
+    fused = unit(v["fused"])
+    assert fused @ scifi > fused @ stocks
+    assert unit(v["negative"]) @ stocks > unit(v["negative"]) @ scifi
+    early = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "streams.cli",
+            "profile",
+            "--events",
+            str(sample),
+            "--user",
+            "u1",
+            "--at",
+            "1700004000",
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=300,
+    )
+    assert json.loads(early.stdout)["applied"] == 2
