@@ -219,7 +219,7 @@ def test_cli_profile_from_replay_file() -> None:
             "--user",
             "u1",
             "--at",
-            "1700004000",
+            "1700004200",
             "--json",
         ],
         capture_output=True,
