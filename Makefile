@@ -46,8 +46,9 @@ export: venv ## (re)export both encoders at fp32, fp16 and int8 into onnx/
 	$(BIN)/interest-stream export-model --model e5-small
 	$(BIN)/interest-stream export-model --model minilm-l6
 
-bench: venv ## encoder benchmark: PyTorch fp32 vs ORT int8/fp32 (figures -> bench/RESULTS.md)
-	$(BIN)/python bench/encode.py
+bench: venv ## benchmarks: encoders (PyTorch vs ORT) and state; figures -> bench/RESULTS.md
+	$(BIN)/python bench/encode.py --write-results
+	$(BIN)/python bench/state.py
 
 clean: ## remove the virtualenv and exported models
 	rm -rf $(VENV) onnx/e5-small onnx/minilm-l6 .pytest_cache .ruff_cache
