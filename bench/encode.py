@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import statistics
 import subprocess
@@ -33,16 +32,10 @@ SYSTEMS = ["torch_fp32", "ort_int8", "ort_fp32"]
 
 
 def machine() -> str:
-    cpu = "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    system = f"{platform.system()} {platform.release()}"
-    return f"{cpu}, {os.cpu_count()} cores, {system}, Python {platform.python_version()}"
+    from machine import machine_info
+
+    m = machine_info()
+    return f"{m['cpu']}, {m['cores']} cores, {m['platform']}, Python {m['python']}"
 
 
 def texts_for(model: str, n: int) -> list[str]:

@@ -58,6 +58,12 @@ def _check_text(value: str | None) -> str | None:
     return value
 
 
+def _not_blank(value: str) -> str:
+    if not value.strip():
+        raise ValueError("blank (only whitespace)")
+    return value
+
+
 class _Record(BaseModel):
     model_config = ConfigDict(frozen=True, extra="ignore", strict=False)
 
@@ -99,13 +105,7 @@ class SearchEvent(_Timed):
     user_id: Id
     query: str = Field(min_length=1)
     _query = field_validator("query")(_check_text)
-
-    @field_validator("query")
-    @classmethod
-    def _query_not_blank(cls, v: str) -> str:
-        if not v.strip():
-            raise ValueError("query is blank")
-        return v
+    _query_blank = field_validator("query")(_not_blank)
 
 
 class CommentEvent(_Timed):
@@ -117,13 +117,7 @@ class CommentEvent(_Timed):
     rating: float | None = Field(default=None, ge=1, le=5, allow_inf_nan=False)
     sentiment: float | None = Field(default=None, ge=-1, le=1, allow_inf_nan=False)
     _text = field_validator("text")(_check_text)
-
-    @field_validator("text")
-    @classmethod
-    def _text_not_blank(cls, v: str) -> str:
-        if not v.strip():
-            raise ValueError("text is blank")
-        return v
+    _text_blank = field_validator("text")(_not_blank)
 
 
 class ItemEvent(_Record):

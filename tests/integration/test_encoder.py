@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -164,29 +165,16 @@ def test_cli_encode_json() -> None:
     assert bad.returncode == 2 and "empty or whitespace" in bad.stderr
 
 
+def profile_json(*extra: str) -> dict:
+    sample = Path(__file__).parent.parent / "data" / "sample_events.jsonl"
+    cmd = [sys.executable, "-m", "streams.cli", "profile", "--events", str(sample), "--json"]
+    out = subprocess.run([*cmd, *extra], capture_output=True, text=True, check=True, timeout=300)
+    return json.loads(out.stdout)
+
+
 def test_cli_profile_from_replay_file() -> None:
     """`interest-stream profile`: the worker's encoder + state code over a replay file."""
-    from pathlib import Path
-
-    sample = Path(__file__).parent.parent / "data" / "sample_events.jsonl"
-    out = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "streams.cli",
-            "profile",
-            "--events",
-            str(sample),
-            "--user",
-            "u1",
-            "--json",
-        ],
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=300,
-    )
-    doc = json.loads(out.stdout)
+    doc = profile_json("--user", "u1")
     assert doc["applied"] == 7 and doc["duplicates_skipped"] == 1
     assert doc["counts"] == {"click": 4, "search": 1, "comment": 2, "negative": 2}
     assert {"科幻", "电影"} <= {t for t, _ in doc["top_terms"][:4]}
@@ -208,23 +196,4 @@ def test_cli_profile_from_replay_file() -> None:
     fused = unit(v["fused"])
     assert fused @ scifi > fused @ stocks
     assert unit(v["negative"]) @ stocks > unit(v["negative"]) @ scifi
-    early = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "streams.cli",
-            "profile",
-            "--events",
-            str(sample),
-            "--user",
-            "u1",
-            "--at",
-            "1700004200",
-            "--json",
-        ],
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=300,
-    )
-    assert json.loads(early.stdout)["applied"] == 2
+    assert profile_json("--user", "u1", "--at", "1700004200")["applied"] == 2
