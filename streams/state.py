@@ -202,7 +202,7 @@ def event_weight(
     w = type weight (click 1.0, search 0.7, comment 1.2)
         × dwell factor  clip(log1p(dwell_s) / log1p(30), 0.25, 2)    when dwell is known
         × rating factor (r − 2)/3 for r >= 3, −(3 − r)/2 for r <= 2    when rated (1..5)
-        × sentiment     −|s| for s < 0 (1 otherwise)                   when not rated
+        × sentiment     −|s| for s < −1e-6 (1 otherwise)               when not rated
 
     An explicit rating wins over a sentiment estimate. Log dwell: 30 s of reading counts as
     a plain click, a bounce (under ~1 s) a quarter, ten minutes ~1.9x.
@@ -229,9 +229,14 @@ def event_weight(
     if sentiment is not None:
         if not -1 <= sentiment <= 1:
             raise ValueError(f"sentiment must be in -1..1, got {sentiment!r}")
-        if sentiment < 0:
+        if sentiment < -NEUTRAL_SENTIMENT:
             return w * sentiment
     return w
+
+
+# |sentiment| below this is neutral: a weight of, say, 5e-324 would underflow in the decayed
+# sums and leave a direction made of rounding noise
+NEUTRAL_SENTIMENT = 1e-6
 
 
 # ---------------------------------------------------------------------------------------
