@@ -88,10 +88,13 @@ class _Timed(_Record):
         return v
 
 
-class ClickEvent(_Timed):
-    type: Literal["click"] = "click"
+class _UserEvent(_Timed):
     event_id: Id
     user_id: Id
+
+
+class ClickEvent(_UserEvent):
+    type: Literal["click"] = "click"
     item_id: Id
     dwell_ms: float | None = Field(default=None, ge=0, allow_inf_nan=False)
     rating: float | None = Field(default=None, ge=1, le=5, allow_inf_nan=False)
@@ -99,19 +102,15 @@ class ClickEvent(_Timed):
     _text = field_validator("text")(_check_text)
 
 
-class SearchEvent(_Timed):
+class SearchEvent(_UserEvent):
     type: Literal["search"] = "search"
-    event_id: Id
-    user_id: Id
     query: str = Field(min_length=1)
     _query = field_validator("query")(_check_text)
     _query_blank = field_validator("query")(_not_blank)
 
 
-class CommentEvent(_Timed):
+class CommentEvent(_UserEvent):
     type: Literal["comment"] = "comment"
-    event_id: Id
-    user_id: Id
     text: str = Field(min_length=1)
     item_id: Id | None = None
     rating: float | None = Field(default=None, ge=1, le=5, allow_inf_nan=False)
