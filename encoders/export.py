@@ -50,6 +50,7 @@ CHECK_SENTENCES = [
     "如何在家里做面包？",
 ]
 MANIFEST = "MANIFEST.json"
+_INT8_VARIANT = {None: "", False: " (all ops int8)", True: " (FFN down-projections fp32)"}
 
 
 class ExportError(RuntimeError):
@@ -258,11 +259,17 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def _update_manifest(root: Path, name: str, entry: dict[str, Any]) -> None:
+def _update_manifest(root: Path, name: str, entry: dict[str, Any]) -> dict[str, Any]:
+    """Record `entry` for `name`, keeping the files of precisions exported earlier (so
+    exporting one precision keeps the others); returns the merged entry."""
     path = root / MANIFEST
     manifest = json.loads(path.read_text()) if path.exists() else {"models": {}}
-    manifest.setdefault("models", {})[name] = entry
+    models = manifest.setdefault("models", {})
+    previous = models.get(name, {}).get("files", {})
+    merged = {**entry, "files": {**previous, **entry["files"]}}
+    models[name] = merged
     path.write_text(json.dumps(manifest, indent=2, sort_keys=True, ensure_ascii=False) + "\n")
+    return merged
 
 
 def export_model(
@@ -325,10 +332,9 @@ def export_model(
                 cos = _cosines(_mean_pool(_run_onnx(target, ids, mask), mask), ref)
                 worst = float(cos.min())
                 ok = worst >= MIN_COSINE[precision]
-                variant = {None: "", False: " (all ops int8)", True: " (FFN down-projections fp32)"}
                 _log(
                     name,
-                    f"    {precision}{variant[keep_fp32]}: "
+                    f"    {precision}{_INT8_VARIANT[keep_fp32]}: "
                     f"{target.stat().st_size / 2**20:.0f} MiB, "
                     f"min cosine vs PyTorch {worst:.5f} (need >= {MIN_COSINE[precision]}) "
                     f"{'ok' if ok else 'FAIL'}",
@@ -361,12 +367,6 @@ def export_model(
         "exported_with": {d: _version(d) for d in ("torch", "transformers", "onnx", "onnxruntime")},
         "files": files,
     }
-    # merge with precisions exported earlier, so exporting one precision keeps the others
-    previous = {}
-    manifest_path = root / MANIFEST
-    if manifest_path.exists():
-        previous = json.loads(manifest_path.read_text()).get("models", {}).get(name, {})
-    entry["files"] = {**previous.get("files", {}), **files}
-    _update_manifest(root, name, entry)
+    entry = _update_manifest(root, name, entry)
     _log(name, f"done in {time.perf_counter() - t0:.0f}s -> {out_dir}")
     return entry
