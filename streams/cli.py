@@ -19,6 +19,11 @@ def _round(vectors: Any, digits: int = 6) -> Any:
     return [[round(float(x), digits) for x in row] for row in vectors]
 
 
+def _print_json(doc: Any) -> None:
+    json.dump(doc, sys.stdout, ensure_ascii=False)
+    print()
+
+
 def cmd_export_model(args: argparse.Namespace) -> int:
     from encoders.export import ExportError, export_model
 
@@ -70,8 +75,7 @@ def cmd_encode(args: argparse.Namespace) -> int:
                 for text, r in zip(args.texts, results, strict=True)
             ],
         }
-        json.dump(out, sys.stdout, ensure_ascii=False)
-        print()
+        _print_json(out)
         return 0
     print(f"model {enc.spec.name} ({enc.precision}) on {enc.provider}, dim {enc.dim}")
     for text, r in zip(args.texts, results, strict=True):
@@ -153,8 +157,7 @@ def cmd_profile(args: argparse.Namespace) -> int:
             },
             "bad_lines": bad,
         }
-        json.dump(out, sys.stdout, ensure_ascii=False)
-        print()
+        _print_json(out)
         return 0
     if prof.applied == 0:
         print(f"user {args.user}: no events in {args.events}" + (" up to --at" if args.at else ""))

@@ -72,60 +72,49 @@ def build_profile(
     events, items, duplicates = _user_events(paths, user_id, at, reports)
     events.sort(key=lambda e: e.ts)
 
-    # texts to encode: item texts as passages, what the user wrote as queries
-    passages: dict[str, str] = {}
-    queries: dict[str, str] = {}
-    missing = 0
-    for ev in events:
-        if isinstance(ev, ClickEvent):
-            item = items.get(ev.item_id)
-            if item is not None:
-                passages[item.text()] = ""
-            elif ev.text and ev.text.strip():
-                passages[ev.text] = ""
-            else:
-                missing += 1
-        elif isinstance(ev, SearchEvent):
-            queries[ev.query] = ""
-        elif isinstance(ev, CommentEvent):
-            queries[ev.text] = ""
+    # each event's text, decided once: item texts as passages, what users write as queries
+    texts = [_text_of(ev, items) for ev in events]
+    missing = sum(t is None for t in texts)
     vectors: dict[tuple[str, str], TextVectors] = {}
-    for kind, texts in (("passage", list(passages)), ("query", list(queries))):
-        if texts:
-            for text, enc in zip(texts, encoder.encode(texts, kind=kind), strict=True):
+    for kind in ("passage", "query"):
+        unique = list(dict.fromkeys(t for k, t in filter(None, texts) if k == kind))
+        if unique:
+            for text, enc in zip(unique, encoder.encode(unique, kind=kind), strict=True):
                 vectors[(kind, text)] = TextVectors.of(enc)
 
     state = InterestState(encoder.dim, params or StateParams())
     applied = 0
-    for ev in events:
-        applied += state.update(_encoded(ev, items, vectors))
+    for ev, key in zip(events, texts, strict=True):
+        applied += state.update(_encoded(ev, vectors[key] if key else None))
     return Profile(user_id, state, at, applied, duplicates, missing, reports)
 
 
-def _encoded(
-    ev: UserEvent, items: dict[str, ItemEvent], vectors: dict[tuple[str, str], TextVectors]
-) -> EncodedEvent:
+def _text_of(ev: UserEvent, items: dict[str, ItemEvent]) -> tuple[str, str] | None:
+    """(kind, text) the event contributes, or None for a click on an item with no text."""
+    if isinstance(ev, SearchEvent):
+        return ("query", ev.query)
+    if isinstance(ev, CommentEvent):
+        return ("query", ev.text)
+    item = items.get(ev.item_id)
+    text = item.text() if item is not None else ev.text
+    return ("passage", text) if text and text.strip() else None
+
+
+def _encoded(ev: UserEvent, text: TextVectors | None) -> EncodedEvent:
     if isinstance(ev, ClickEvent):
-        item = items.get(ev.item_id)
-        text = item.text() if item is not None else ev.text
         return EncodedEvent(
             "click",
             ev.ts,
-            text=vectors.get(("passage", text)) if text else None,
+            text=text,
             item_id=ev.item_id,
             dwell_s=ev.dwell_ms / 1000 if ev.dwell_ms is not None else None,
             rating=ev.rating,
         )
     if isinstance(ev, SearchEvent):
-        return EncodedEvent("search", ev.ts, text=vectors[("query", ev.query)])
+        return EncodedEvent("search", ev.ts, text=text)
     sentiment = ev.sentiment
     if sentiment is None and ev.rating is None:
         sentiment = sentiment_score(ev.text)
     return EncodedEvent(
-        "comment",
-        ev.ts,
-        text=vectors[("query", ev.text)],
-        item_id=ev.item_id,
-        rating=ev.rating,
-        sentiment=sentiment,
+        "comment", ev.ts, text=text, item_id=ev.item_id, rating=ev.rating, sentiment=sentiment
     )
