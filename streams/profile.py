@@ -85,7 +85,7 @@ def build_profile(
     state = InterestState(encoder.dim, params or StateParams())
     applied = 0
     for ev, key in zip(events, texts, strict=True):
-        applied += state.update(_encoded(ev, vectors[key] if key else None))
+        applied += state.update(encoded_event(ev, vectors[key] if key else None))
     return Profile(user_id, state, at, applied, duplicates, missing, reports)
 
 
@@ -100,7 +100,8 @@ def _text_of(ev: UserEvent, items: dict[str, ItemEvent]) -> tuple[str, str] | No
     return ("passage", text) if text and text.strip() else None
 
 
-def _encoded(ev: UserEvent, text: TextVectors | None) -> EncodedEvent:
+def encoded_event(ev: UserEvent, text: TextVectors | None) -> EncodedEvent:
+    """What the state takes for a validated event; the streaming worker uses it too."""
     if isinstance(ev, ClickEvent):
         return EncodedEvent(
             "click",

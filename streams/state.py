@@ -517,6 +517,24 @@ class InterestState:
         self._prune_terms()
         return True
 
+    def claim(self, topic: str, partition: int, offset: int) -> bool:
+        """Record an input offset as handled without applying anything; False if it was.
+
+        For inputs the state accounts for later or elsewhere (a click parked until its item
+        arrives), so a re-delivery of the same record is recognised as a replay.
+
+        >>> s = InterestState(dim=2)
+        >>> s.claim("events.click", 0, 5), s.claim("events.click", 0, 5), s.counts["click"]
+        (True, False, 0)
+        """
+        source = (topic, int(partition))
+        _check_source(source, offset, self.params)
+        last = self._offsets.get(source)
+        if last is not None and offset <= last:
+            return False
+        _remember_offset(self._offsets, source, offset, self.params.max_sources)
+        return True
+
     def reanchor(self, t: float) -> None:
         """Move t_ref to `t`; the represented values do not change (up to rounding).
 

@@ -1,0 +1,63 @@
+"""One settings object for the worker; every field can be set as an `INTEREST_*` env var.
+
+CLI flags of `interest-stream up` override the environment, which overrides the defaults.
+The defaults describe the embedded single-machine setup: Tansu on 127.0.0.1:9092, Qdrant
+in local mode under the data directory, the web server on 127.0.0.1:6066.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from encoders.models import DEFAULT_MODEL
+
+DEFAULT_BROKER = "127.0.0.1:9092"
+DEFAULT_WEB_PORT = 6066
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="INTEREST_", extra="ignore")
+
+    broker: str = DEFAULT_BROKER  # host:port[,host:port]
+    data_dir: Path = Path("./data")
+    app_id: str = "interest-stream"  # the Kafka consumer group; changelog topics derive from it
+    partitions: int = Field(default=4, ge=1, le=1024)
+    store: Literal["rocksdb", "memory"] = "rocksdb"
+    qdrant_url: str | None = None  # None: qdrant-client local mode under data_dir/qdrant
+    web_host: str = "127.0.0.1"
+    web_port: int = Field(default=DEFAULT_WEB_PORT, ge=0, le=65535)
+    api_token: str | None = None  # required by mutating endpoints; None: they are disabled
+    model: str = DEFAULT_MODEL
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    batch_size: int = Field(default=2000, ge=1)  # max events per micro-batch
+    batch_within_s: float = Field(default=0.05, gt=0)  # max wait to fill a micro-batch
+    item_cache_size: int = Field(default=20_000, ge=0)  # item encodings kept in memory
+    park_max_wait_s: float = Field(default=60.0, ge=0)  # a click waits this long for its item
+    park_max_per_user: int = Field(default=32, ge=0)  # parked clicks one user may hold
+    dedupe_window: int = Field(default=128, ge=0)  # recent event ids remembered per user
+    log_level: Literal["crit", "error", "warn", "info", "debug"] = "info"
+
+    @field_validator("broker")
+    @classmethod
+    def _broker_has_port(cls, v: str) -> str:
+        for part in v.split(","):
+            host, _, port = part.strip().rpartition(":")
+            if not host or not port.isdigit():
+                raise ValueError(f"broker must be host:port[,host:port], got {v!r}")
+        return v
+
+    @property
+    def qdrant_path(self) -> Path:
+        return self.data_dir / "qdrant"
+
+    @property
+    def table_dir(self) -> Path:
+        return self.data_dir / "tables"
+
+    @property
+    def web_url(self) -> str:
+        return f"http://{self.web_host}:{self.web_port}"

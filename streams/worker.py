@@ -1,0 +1,398 @@
+"""The worker's core: a micro-batch of Kafka messages in; table writes, dead letters out.
+
+No Faust and no Qdrant in here: reading the table, the item store and the encoder are
+injected, so the same code runs under the Faust agent (streams/app.py) and in tests.
+
+One batch, in order:
+1. validate every message (schema, key = user id or item id); failures -> dead letters;
+2. encode new item texts in one call and hand them to the item store;
+3. look up the items of all clicks at once (cache, then the store);
+4. encode the batch's unique search/comment texts (and texts of clicks on unknown items)
+   in one call per kind;
+5. per user in arrival order: skip replayed offsets and repeated event ids, erase on
+   delete, park clicks whose item is unknown, collect the rest;
+6. apply everything collected with one `apply_batch`.
+Texts the encoder rejects become dead letters; the rest of the batch goes on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import logging
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable, Collection, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from streams.events import (
+    TOPIC_TYPES,
+    ClickEvent,
+    CommentEvent,
+    DeleteEvent,
+    InvalidEvent,
+    ItemEvent,
+    SearchEvent,
+    parse_event,
+)
+from streams.profile import encoded_event
+from streams.record import ParkedClick, RecordDecodeError, UserRecord
+from streams.state import EncodedEvent, EventBatch, StateParams, TextVectors, apply_batch
+
+log = logging.getLogger("streams.worker")
+
+UserEvent = ClickEvent | SearchEvent | CommentEvent
+
+
+@dataclass(frozen=True)
+class Message:
+    """The part of a Kafka record the worker needs."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    timestamp: float | None = None  # seconds
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    message: Message
+    reason: str
+    error: str  # a class name: InvalidEvent, KeyMismatch, EncodeError, ItemNotFound, ...
+
+    def to_bytes(self, now: float | None = None) -> bytes:
+        """The DLQ value: the original bytes (base64, and as text when UTF-8) and where from."""
+        m = self.message
+        raw = m.value or b""
+        try:
+            text: str | None = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            text = None
+        doc = {
+            "topic": m.topic,
+            "partition": m.partition,
+            "offset": m.offset,
+            "key": None if m.key is None else base64.b64encode(m.key).decode(),
+            "value_b64": base64.b64encode(raw).decode(),
+            "value": text,
+            "reason": self.reason,
+            "error": self.error,
+            "dead_lettered_at": time.time() if now is None else now,
+        }
+        return json.dumps(doc, ensure_ascii=False, separators=(",", ":")).encode()
+
+
+class TextEncoder(Protocol):
+    dim: int
+
+    def encode(self, texts: Sequence[str], kind: str = "passage") -> list[Any]: ...
+
+
+class ItemStore(Protocol):
+    """Item encodings: a cache in front of Qdrant `items` (streams/items.py)."""
+
+    async def get(self, item_ids: Collection[str]) -> dict[str, TextVectors]: ...
+
+    def is_current(self, item_id: str, text: str) -> bool: ...
+
+    def put(self, item: ItemEvent, vectors: TextVectors) -> None: ...
+
+
+@dataclass
+class Write:
+    """A user's new record; `context` is a message of the user's partition, so the table
+    write lands in that partition's changelog."""
+
+    record: UserRecord
+    context: Message
+
+
+@dataclass
+class BatchResult:
+    writes: dict[str, Write] = field(default_factory=dict)
+    dead_letters: list[DeadLetter] = field(default_factory=list)
+    updated: dict[str, float] = field(default_factory=dict)  # user -> newest event time applied
+    deleted: set[str] = field(default_factory=set)
+    counts: Counter[str] = field(default_factory=Counter)
+
+
+Loader = Callable[[str, Message], Awaitable[bytes | None] | bytes | None]
+
+
+class Processor:
+    """Turns micro-batches into state changes; keeps running totals in `totals`.
+
+    Totals: consumed = applied + duplicates + dead_lettered + parked (clicks waiting for
+    their item) + items + deletes, for every batch; parked clicks later move to applied or
+    dead_lettered through `resume`.
+    """
+
+    def __init__(
+        self,
+        encoder: TextEncoder,
+        items: ItemStore,
+        params: StateParams | None = None,
+        *,
+        park_max_wait_s: float = 60.0,
+        park_max_per_user: int = 32,
+        dedupe_window: int = 128,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.encoder = encoder
+        self.items = items
+        self.params = params or StateParams()
+        self.park_max_wait_s = park_max_wait_s
+        self.park_max_per_user = park_max_per_user
+        self.dedupe_window = dedupe_window
+        self.clock = clock
+        self.totals: Counter[str] = Counter()
+
+    @property
+    def dim(self) -> int:
+        return int(self.encoder.dim)
+
+    # -- one batch --------------------------------------------------------------------------
+
+    async def process(self, messages: Sequence[Message], load: Loader) -> BatchResult:
+        res = BatchResult()
+        res.counts["consumed"] = len(messages)
+        parsed = self._validate(messages, res)
+
+        await self._take_items([(m, e) for m, e in parsed if isinstance(e, ItemEvent)], res)
+
+        by_user: dict[str, list[tuple[Message, Any]]] = {}
+        for m, e in parsed:
+            if not isinstance(e, ItemEvent):
+                by_user.setdefault(e.user_id, []).append((m, e))
+        click_items = {
+            e.item_id for evs in by_user.values() for _, e in evs if isinstance(e, ClickEvent)
+        }
+        known = await self.items.get(click_items) if click_items else {}
+
+        queries: list[str] = []
+        own_texts: list[str] = []
+        for evs in by_user.values():
+            for _, e in evs:
+                if isinstance(e, SearchEvent):
+                    queries.append(e.query)
+                elif isinstance(e, CommentEvent):
+                    queries.append(e.text)
+                elif isinstance(e, ClickEvent) and e.item_id not in known and e.text:
+                    own_texts.append(e.text)
+        encoded = {
+            "query": await self._encode(queries, "query"),
+            "passage": await self._encode(own_texts, "passage"),
+        }
+
+        rows: list[tuple[str, EncodedEvent]] = []
+        for user, evs in by_user.items():
+            record = await self._load(load, user, evs[0][0])
+            changed = False
+            user_rows: list[tuple[str, EncodedEvent]] = []
+            for m, e in evs:
+                if isinstance(e, DeleteEvent):
+                    record = record or UserRecord.new(self.dim, self.params)
+                    if not record.state.claim(m.topic, m.partition, m.offset):
+                        res.counts["duplicates"] += 1
+                        continue
+                    record.erase()
+                    user_rows.clear()  # erased together with what came before
+                    res.updated.pop(user, None)
+                    res.deleted.add(user)
+                    res.counts["deletes"] += 1
+                    changed = True
+                    continue
+                record = record or UserRecord.new(self.dim, self.params)
+                if not record.state.claim(m.topic, m.partition, m.offset):
+                    res.counts["duplicates"] += 1  # a re-delivered offset
+                    continue
+                changed = True
+                if record.seen_event(e.event_id, self.dedupe_window):
+                    res.counts["duplicates"] += 1  # the same event published twice
+                    continue
+                text, failure = self._text_for(e, known, encoded)
+                if failure is not None:
+                    res.dead_letters.append(DeadLetter(m, failure, "EncodeError"))
+                    res.counts["dead_lettered"] += 1
+                    continue
+                if text is None and isinstance(e, ClickEvent):
+                    self._park(record, m, e, res)
+                    continue
+                record.erased = False
+                user_rows.append((user, encoded_event(e, text)))
+            rows += user_rows
+            if user_rows:
+                res.deleted.discard(user)  # events after a deletion start afresh
+            if changed:
+                res.writes[user] = Write(record, evs[-1][0])
+        self._apply(rows, res)
+        self.totals.update(res.counts)
+        return res
+
+    def _validate(self, messages: Iterable[Message], res: BatchResult) -> list[tuple[Message, Any]]:
+        parsed = []
+        for m in messages:
+            kind = TOPIC_TYPES.get(m.topic)
+            try:
+                if kind is None:
+                    raise InvalidEvent(f"not an input topic: {m.topic}")
+                if m.value is None:
+                    raise InvalidEvent("no value (a tombstone on an input topic)")
+                e = parse_event(m.value, kind)
+            except InvalidEvent as err:
+                res.dead_letters.append(DeadLetter(m, err.reason, "InvalidEvent"))
+                res.counts["dead_lettered"] += 1
+                continue
+            # state is partitioned by user: a message keyed otherwise would be applied on
+            # a partition (and changelog) that does not own the user
+            want = e.item_id if isinstance(e, ItemEvent) else e.user_id
+            if m.key is None or m.key != want.encode():
+                got = "no key" if m.key is None else f"key {m.key[:64]!r}"
+                field_name = "item_id" if isinstance(e, ItemEvent) else "user_id"
+                reason = f"message has {got}, expected its {field_name} {want!r}"
+                res.dead_letters.append(DeadLetter(m, reason, "KeyMismatch"))
+                res.counts["dead_lettered"] += 1
+                continue
+            parsed.append((m, e))
+        return parsed
+
+    async def _take_items(self, items: list[tuple[Message, ItemEvent]], res: BatchResult) -> None:
+        latest = {e.item_id: (m, e) for m, e in items}  # a later version in the batch wins
+        res.counts["items"] += len(items)
+        fresh = [
+            (m, e) for m, e in latest.values() if not self.items.is_current(e.item_id, e.text())
+        ]
+        if not fresh:
+            return
+        encoded = await self._encode([e.text() for _, e in fresh], "passage")
+        for m, e in fresh:
+            got = encoded[e.text()]
+            if isinstance(got, str):
+                res.counts["items"] -= 1
+                res.counts["dead_lettered"] += 1
+                res.dead_letters.append(DeadLetter(m, got, "EncodeError"))
+            else:
+                self.items.put(e, got)
+
+    async def _encode(self, texts: list[str], kind: str) -> dict[str, TextVectors | str]:
+        """Unique texts -> vectors, or the reason a text could not be encoded."""
+        unique = list(dict.fromkeys(texts))
+        if not unique:
+            return {}
+        try:
+            out = await asyncio.to_thread(self.encoder.encode, unique, kind)
+            return {t: TextVectors.of(o) for t, o in zip(unique, out, strict=True)}
+        except Exception:  # one bad text must not sink the batch: find it
+            log.warning("encoding %d texts failed; retrying one by one", len(unique))
+        result: dict[str, TextVectors | str] = {}
+        for t in unique:
+            try:
+                (o,) = await asyncio.to_thread(self.encoder.encode, [t], kind)
+                result[t] = TextVectors.of(o)
+            except Exception as err:
+                result[t] = f"text could not be encoded: {type(err).__name__}: {err}"
+        return result
+
+    async def _load(self, load: Loader, user: str, context: Message) -> UserRecord | None:
+        raw = load(user, context)
+        if asyncio.iscoroutine(raw) or isinstance(raw, Awaitable):
+            raw = await raw
+        if raw is None:
+            return None
+        try:
+            return UserRecord.from_bytes(raw, self.params)
+        except RecordDecodeError:
+            # only a bug or disk corruption gets here; starting over beats a crash loop
+            log.exception("user %r: stored record unreadable; starting a new one", user)
+            self.totals["records_unreadable"] += 1
+            return None
+
+    def _text_for(
+        self, e: UserEvent, known: dict[str, TextVectors], encoded: dict[str, dict]
+    ) -> tuple[TextVectors | None, str | None]:
+        """(vectors or None, failure reason or None) for one event."""
+        if isinstance(e, SearchEvent | CommentEvent):
+            got = encoded["query"][e.query if isinstance(e, SearchEvent) else e.text]
+        elif e.item_id in known:
+            return known[e.item_id], None
+        elif e.text:
+            got = encoded["passage"][e.text]
+        else:
+            return None, None
+        return (None, got) if isinstance(got, str) else (got, None)
+
+    def _park(self, record: UserRecord, m: Message, e: ClickEvent, res: BatchResult) -> None:
+        if len(record.parked) >= self.park_max_per_user:
+            reason = (
+                f"item {e.item_id!r} unknown and {len(record.parked)} clicks of this user "
+                "already wait for their items"
+            )
+            res.dead_letters.append(DeadLetter(m, reason, "ItemNotFound"))
+            res.counts["dead_lettered"] += 1
+            return
+        record.parked.append(
+            ParkedClick(
+                e.item_id, m.topic, m.partition, m.offset, m.key, m.value or b"", self.clock()
+            )
+        )
+        res.counts["parked"] += 1
+
+    def _apply(self, rows: list[tuple[str, EncodedEvent]], res: BatchResult) -> None:
+        if not rows:
+            return
+        slots: dict[str, int] = {}
+        states = []
+        for user, _ in rows:
+            if user not in slots:
+                slots[user] = len(states)
+                states.append(res.writes[user].record.state)
+        events = [ev for _, ev in rows]
+        batch = EventBatch.from_events([slots[u] for u, _ in rows], events, self.dim, self.params)
+        apply_batch(states, batch)
+        for user, ev in rows:
+            res.updated[user] = max(res.updated.get(user, ev.ts), ev.ts)
+        res.counts["applied"] += len(rows)
+
+    # -- parked clicks ----------------------------------------------------------------------
+
+    async def resume(self, parked: dict[str, tuple[UserRecord, Message]]) -> BatchResult:
+        """Apply parked clicks whose item has arrived; dead-letter those waiting too long.
+
+        `parked` maps users to their current record and a message of their partition.
+        """
+        res = BatchResult()
+        wanted = {p.item_id for rec, _ in parked.values() for p in rec.parked}
+        known = await self.items.get(wanted) if wanted else {}
+        now = self.clock()
+        rows: list[tuple[str, EncodedEvent]] = []
+        for user, (record, context) in parked.items():
+            keep: list[ParkedClick] = []
+            for p in record.parked:
+                msg = Message(p.topic, p.partition, p.offset, p.key, p.value)
+                if p.item_id in known:
+                    try:
+                        e = parse_event(p.value, "click")
+                    except InvalidEvent as err:  # validated when parked; only if rules changed
+                        res.dead_letters.append(DeadLetter(msg, err.reason, "InvalidEvent"))
+                        res.counts["dead_lettered"] += 1
+                        continue
+                    assert isinstance(e, ClickEvent)
+                    rows.append((user, encoded_event(e, known[p.item_id])))
+                    record.erased = False
+                elif now - p.parked_at > self.park_max_wait_s:
+                    reason = f"item {p.item_id!r} not seen within {self.park_max_wait_s:g} s"
+                    res.dead_letters.append(DeadLetter(msg, reason, "ItemNotFound"))
+                    res.counts["dead_lettered"] += 1
+                else:
+                    keep.append(p)
+            if len(keep) != len(record.parked):
+                record.parked = keep
+                res.writes[user] = Write(record, context)
+        self._apply(rows, res)
+        res.counts["parked"] = -(len(rows) + res.counts["dead_lettered"])  # moved on
+        self.totals.update(res.counts)
+        return res
