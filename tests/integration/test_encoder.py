@@ -120,7 +120,7 @@ def test_provider_falls_back_to_cpu(e5_exported: str) -> None:
     enc = Encoder(e5_exported, device="auto")
     if "CUDAExecutionProvider" in import_onnxruntime().get_available_providers():
         pytest.skip("this machine has CUDA; the CPU fallback is what CI checks")
-    assert enc.provider == CPU and enc.precision == "int8"
+    assert enc.provider == CPU and enc.precision == "fp32"
     with pytest.raises(EncoderRuntimeError, match="CUDAExecutionProvider"):
         Encoder(e5_exported, device="cuda")
 

@@ -4,11 +4,11 @@ from encoders.models import get_spec
 from encoders.runtime import CPU, CUDA, EncoderRuntimeError, plan_session
 
 
-def test_auto_prefers_cuda_fp16_and_falls_back_to_cpu_int8() -> None:
+def test_auto_prefers_cuda_fp16_and_falls_back_to_cpu_fp32() -> None:
     assert plan_session([CUDA, CPU]).provider == CUDA
     assert plan_session([CUDA, CPU]).precision == "fp16"
     assert plan_session([CPU]).provider == CPU
-    assert plan_session([CPU]).precision == "int8"
+    assert plan_session([CPU]).precision == "fp32"
 
 
 def test_explicit_cuda_without_provider_is_a_clear_error() -> None:

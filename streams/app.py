@@ -1,0 +1,317 @@
+"""The Faust app: topics, the users table, the batch agent, the parked-click timer, views.
+
+One agent reads the four user topics and `items` in micro-batches (`take_events`) and
+hands each batch to `streams.worker.Processor`. Faust couples a table write to the
+partition of the *current event*; in a batch that is the last event of the batch, which
+may belong to another user's partition. So every table read and write here runs under
+`partition_context(topic, partition)` of the user's own messages: the write lands in the
+changelog partition of the partition that owns the user, and RocksDB reads look in the
+right partition's database.
+
+Qdrant is a derived view: changed users are queued (`SyncQueue`) and upserted in the
+background, so a Qdrant outage delays vectors but never the stream or the state.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import weakref
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass, field
+from typing import Any
+
+import faust
+from faust.streams import _current_event
+
+from streams.config import Settings
+from streams.embedded import DLQ_TOPIC, INPUT_TOPICS
+from streams.items import ItemCache
+from streams.record import UserRecord
+from streams.sink import QdrantSink, SyncQueue, UserPoint
+from streams.state import CHANNELS, InterestState
+from streams.worker import BatchResult, Message, Processor, TextEncoder
+
+log = logging.getLogger("streams.app")
+
+TABLE = "users"
+
+
+@dataclass
+class _Context:
+    """Stands in for a Faust event where only the partition matters (table writes)."""
+
+    message: Any
+
+
+@dataclass
+class _Where:
+    topic: str
+    partition: int
+
+
+@contextmanager
+def partition_context(topic: str, partition: int) -> Iterator[None]:
+    ctx = _Context(_Where(topic, partition))
+    token = _current_event.set(weakref.ref(ctx))
+    try:
+        yield
+    finally:
+        _current_event.reset(token)
+
+
+def user_point(user_id: str, state: InterestState, event_ts: float | None) -> UserPoint:
+    """The Qdrant `users` point: the five vectors (absent ones omitted) and the payload."""
+    vectors: dict[str, Any] = {c: state.vector(c) for c in CHANNELS}
+    vectors["fused"] = state.fused()
+    return UserPoint(
+        user_id=user_id,
+        vectors=vectors,
+        payload={
+            "user_id": user_id,
+            "top_terms": [[t, round(w, 6)] for t, w in state.top_terms(10)],
+            "counts": state.counts,
+            "seen_items": state.seen_items(),
+            "first_ts": state.first_ts,
+            "last_ts": state.last_ts,
+            "event_ts": event_ts,  # newest event of the batch that produced this point
+            "updated_at": time.time(),
+        },
+    )
+
+
+@dataclass
+class Runtime:
+    """Everything the agent, the timer and the views share (one per worker process)."""
+
+    settings: Settings
+    processor: Processor
+    sink: QdrantSink
+    queue: SyncQueue
+    items: ItemCache
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    stop: asyncio.Event = field(default_factory=asyncio.Event)
+    parked: dict[str, tuple[str, int]] = field(default_factory=dict)  # user -> (topic, part)
+    scanned_for: frozenset = frozenset()  # the assignment the last table scan covered
+    batches: int = 0
+    started_at: float = field(default_factory=time.time)
+
+
+def create_app(settings: Settings, encoder: TextEncoder, sink: QdrantSink) -> faust.App:
+    app = faust.App(
+        settings.app_id,
+        broker=[f"kafka://{b.strip()}" for b in settings.broker.split(",")],
+        store="rocksdb://" if settings.store == "rocksdb" else "memory://",
+        datadir=str(settings.table_dir),
+        web_host=settings.web_host,
+        web_bind=settings.web_host,
+        web_port=settings.web_port,
+        topic_partitions=settings.partitions,
+        topic_replication_factor=1,
+        consumer_auto_offset_reset="earliest",
+        # join the group in ~3 s instead of ~30 s (DESIGN.md section 9)
+        broker_rebalance_timeout=3,
+        broker_session_timeout=6,
+        broker_heartbeat_interval=1,
+        stream_wait_empty=False,
+        autodiscover=False,
+        origin="streams.app",
+    )
+    params = None  # StateParams defaults; tuned values arrive with the evaluation
+    # one thread for every Qdrant call: qdrant-client's local mode is not thread-safe
+    executor = ThreadPoolExecutor(1, thread_name_prefix="qdrant")
+
+    async def run_blocking(fn: Any, *args: Any) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(executor, fn, *args)
+
+    items = ItemCache(sink, settings.item_cache_size, run_blocking)
+    queue = SyncQueue(sink, executor=executor)
+    processor = Processor(
+        encoder,
+        items,
+        params,
+        park_max_wait_s=settings.park_max_wait_s,
+        park_max_per_user=settings.park_max_per_user,
+        dedupe_window=settings.dedupe_window,
+    )
+    rt = Runtime(settings, processor, sink, queue, items)
+    app.runtime = rt  # type: ignore[attr-defined]
+
+    table = app.Table(
+        TABLE,
+        default=None,
+        key_type=bytes,  # raw bytes both ways: our own record format (streams/record.py)
+        value_type=bytes,
+        partitions=settings.partitions,
+    )
+    source = app.topic(*INPUT_TOPICS, key_serializer="raw", value_serializer="raw")
+    dlq = app.topic(DLQ_TOPIC, key_serializer="raw", value_serializer="raw", partitions=1)
+
+    def load(user: str, context: Message) -> bytes | None:
+        with partition_context(context.topic, context.partition):
+            return table.get(user.encode())
+
+    async def commit(res: BatchResult) -> None:
+        for user, w in res.writes.items():
+            with partition_context(w.context.topic, w.context.partition):
+                table[user.encode()] = w.record.to_bytes()
+            if w.record.parked:
+                p = w.record.parked[0]
+                rt.parked[user] = (p.topic, p.partition)
+            else:
+                rt.parked.pop(user, None)
+        for dl in res.dead_letters:
+            await dlq.send(key=dl.message.key, value=dl.to_bytes())
+        for user in res.deleted:
+            queue.mark_deleted(user)
+        for user, ts in res.updated.items():
+            queue.mark(user_point(user, res.writes[user].record.state, ts))
+
+    @app.agent(source)
+    async def consume(stream: faust.StreamT) -> None:
+        async for events in stream.take_events(settings.batch_size, within=settings.batch_within_s):
+            messages = [
+                Message(
+                    e.message.topic,
+                    e.message.partition,
+                    e.message.offset,
+                    e.message.key,
+                    e.message.value,
+                    e.message.timestamp,
+                )
+                for e in events
+            ]
+            async with rt.lock:
+                res = await processor.process(messages, load)
+                await commit(res)
+                rt.batches += 1
+
+    @app.timer(interval=0.5)
+    async def resume_parked() -> None:
+        """Parked clicks whose item arrived (here or on another worker) or timed out."""
+        await scan_table_if_reassigned()
+        if not rt.parked:
+            return
+        async with rt.lock:
+            owned = assigned()
+            candidates: dict[str, tuple[UserRecord, Message]] = {}
+            for user, (topic, partition) in list(rt.parked.items()):
+                if (topic, partition) not in owned:
+                    rt.parked.pop(user, None)  # rebalanced away: the new owner scans
+                    continue
+                raw = load(user, Message(topic, partition, -1, None, None))
+                record = None if raw is None else UserRecord.from_bytes(raw, processor.params)
+                if record is None or not record.parked:
+                    rt.parked.pop(user, None)
+                    continue
+                candidates[user] = (record, Message(topic, partition, -1, None, None))
+            if candidates:
+                await commit(await processor.resume(candidates))
+
+    def assigned() -> set[tuple[str, int]]:
+        try:
+            return {(tp.topic, tp.partition) for tp in app.assignor.assigned_actives()}
+        except Exception:  # before the first assignment
+            return set()
+
+    async def scan_table_if_reassigned() -> None:
+        """After (re)assignment and recovery: find parked clicks and re-upsert every owned
+        user, so vectors lost with a crash while Qdrant was down are written again."""
+        owned = frozenset(assigned())
+        if owned == rt.scanned_for or not app.tables.recovery.completed.is_set():
+            return
+        async with rt.lock:
+            n = 0
+            for key, raw in list(table.items()):
+                user = key.decode()
+                record = UserRecord.from_bytes(raw, processor.params)
+                if record.parked:
+                    p = record.parked[0]
+                    rt.parked[user] = (p.topic, p.partition)
+                if record.erased:
+                    queue.mark_deleted(user)
+                elif record.state.last_ts is not None:
+                    queue.mark(user_point(user, record.state, None))
+                n += 1
+            rt.scanned_for = owned
+            log.info(
+                "table scan after assignment: %d users, %d with parked clicks", n, len(rt.parked)
+            )
+
+    @app.task
+    async def run_sync_queue() -> None:
+        await queue.run(rt.stop)
+
+    @app.task
+    async def flush_items() -> None:
+        """New items to Qdrant (where other workers find them), retried while it is down."""
+        delay = 0.05
+        while not rt.stop.is_set():
+            ok = await items.flush()
+            delay = 0.05 if ok else min(delay * 2, 5.0)
+            with suppress(TimeoutError):
+                await asyncio.wait_for(rt.stop.wait(), timeout=delay)
+
+    @app.page("/healthz")
+    async def healthz(web: Any, request: Any) -> Any:
+        return web.json(status(app))
+
+    @app.page("/users/{user_id}/vectors")
+    async def user_vectors(web: Any, request: Any, user_id: str) -> Any:
+        raw = table.get(user_id.encode())
+        record = None if raw is None else UserRecord.from_bytes(raw, processor.params)
+        if record is None or record.erased or record.state.last_ts is None:
+            return web.json({"error": f"unknown user {user_id!r}"}, status=404)
+        st = record.state
+        fused = st.fused()
+        return web.json(
+            {
+                "user_id": user_id,
+                "vectors": {
+                    **{c: _list(st.vector(c)) for c in CHANNELS},
+                    "fused": _list(fused),
+                },
+                "counts": st.counts,
+                "top_terms": [[t, w] for t, w in st.top_terms(10)],
+                "first_ts": st.first_ts,
+                "updated_at": st.last_ts,
+                "offsets": [
+                    {"topic": t, "partition": p, "offset": o} for (t, p), o in st.offsets.items()
+                ],
+                "parked_clicks": len(record.parked),
+            }
+        )
+
+    @app.on_before_shutdown.connect
+    async def _stop(app: faust.App, **kwargs: Any) -> None:
+        await items.flush()
+        await queue.flush(timeout=5.0)
+        rt.stop.set()
+
+    return app
+
+
+def _list(v: Any) -> list[float] | None:
+    return None if v is None else [round(float(x), 7) for x in v]
+
+
+def status(app: faust.App) -> dict[str, Any]:
+    rt: Runtime = app.runtime  # type: ignore[attr-defined]
+    totals = dict(rt.processor.totals)
+    return {
+        "status": "ok",
+        "uptime_s": round(time.time() - rt.started_at, 3),
+        "batches": rt.batches,
+        "totals": totals,
+        "parked_users": len(rt.parked),
+        "qdrant": {
+            "pending": rt.queue.pending,
+            "upserted": rt.queue.upserted,
+            "deleted": rt.queue.deleted,
+            "failures": rt.queue.failures,
+        },
+        "recovered": app.tables.recovery.completed.is_set(),
+    }

@@ -1,0 +1,75 @@
+"""`interest-stream up`: embedded broker (unless one is given), topics, Qdrant, the worker.
+
+Runs in the foreground; Ctrl-C (or SIGTERM) stops the worker, flushes pending Qdrant
+writes, and stops the embedded broker. The embedded broker keeps its log in memory:
+stopping `up` loses the events (the state in the data directory stays).
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+from streams.config import Settings
+from streams.embedded import BrokerError, EmbeddedBroker, ensure_topics
+
+log = logging.getLogger("streams.serve")
+
+
+def serve(settings: Settings, embedded: bool) -> int:
+    from encoders import Encoder
+    from streams.sink import CollectionMismatchError, QdrantSink
+
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    broker = None
+    try:
+        if embedded:
+            host, _, port = settings.broker.rpartition(":")
+            if host not in ("127.0.0.1", "localhost"):
+                print("error: the embedded broker listens on 127.0.0.1 only", file=sys.stderr)
+                return 2
+            broker = EmbeddedBroker(int(port), log_path=settings.data_dir / "broker.log")
+            broker.start()
+            print(f"embedded broker (Tansu, in-memory log) on {broker.bootstrap}", flush=True)
+        ensure_topics(settings.broker, settings.partitions)
+    except (BrokerError, OSError) as err:
+        print(f"error: broker {settings.broker}: {err}", file=sys.stderr)
+        if broker:
+            broker.stop()
+        return 1
+    try:
+        encoder = Encoder(settings.model, device=settings.device, auto_export=True)
+        print(
+            f"encoder {encoder.spec.name} ({encoder.precision}) on {encoder.provider}", flush=True
+        )
+        if settings.qdrant_url:
+            sink = QdrantSink(encoder.dim, url=settings.qdrant_url)
+        else:
+            sink = QdrantSink(encoder.dim, path=settings.qdrant_path)
+        try:
+            sink.ensure_collections()
+        except CollectionMismatchError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
+        print(f"qdrant {settings.qdrant_url or settings.qdrant_path}", flush=True)
+        return _run_worker(settings, encoder, sink)
+    finally:
+        if broker:
+            broker.stop()
+
+
+def _run_worker(settings: Settings, encoder: object, sink: object) -> int:
+    import faust
+
+    from streams.app import create_app
+
+    app = create_app(settings, encoder, sink)  # type: ignore[arg-type]
+    print(f"worker web server on {settings.web_url}", flush=True)
+    worker = faust.Worker(app, loglevel=settings.log_level, quiet=True)
+    try:
+        worker.execute_from_commandline()
+    except SystemExit as stop:
+        return int(stop.code or 0) if isinstance(stop.code, int | None) else 1
+    finally:
+        sink.close()  # type: ignore[attr-defined]
+    return 0

@@ -1,0 +1,662 @@
+"""The Qdrant side: idempotent batched writes of user and item vectors, and a retrying queue.
+
+Points are keyed by UUID5 of the user or item id, so writing the same state twice is harmless
+and a retry never duplicates anything. `QdrantSink` is a thin synchronous facade over
+`qdrant_client.QdrantClient` (a server URL, or local mode on disk, which is the embedded
+default); it never retries. `SyncQueue` is what the streaming worker talks to: it keeps only
+the latest pending state per user and writes it from a background task with backoff, so the
+stream never waits for Qdrant and an outage loses nothing.
+
+Item payloads can carry an item's encoded text (`text_vectors_to_payload`), so that a click
+on a known item reuses its cached encoding instead of running the encoder again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import contextlib
+import json
+import logging
+import math
+import random
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import Executor, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from qdrant_client import QdrantClient, models
+
+from streams.state import TextVectors
+
+USERS = "users"
+ITEMS = "items"
+USER_VECTORS: tuple[str, ...] = ("word", "sentence", "document", "fused", "negative")
+ITEM_VECTOR = "document"
+MEMORY = ":memory:"  # `path=MEMORY`: local mode without files (tests, doctests)
+_INDEXES = ((USERS, "user_id"), (ITEMS, "tags"))  # keyword payload indexes (server only)
+_PAYLOAD_VERSION = 1
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "ITEMS",
+    "ITEM_VECTOR",
+    "USERS",
+    "USER_VECTORS",
+    "CollectionMismatchError",
+    "ItemPoint",
+    "QdrantSink",
+    "SyncQueue",
+    "UserPoint",
+    "item_point_id",
+    "text_vectors_from_payload",
+    "text_vectors_to_payload",
+    "user_point_id",
+]
+
+
+def user_point_id(user_id: str) -> str:
+    """Qdrant point id of a user: deterministic, so upserts by it are idempotent.
+
+    The value is part of the stored data: changing it would orphan every existing point.
+
+    >>> user_point_id("alice")
+    '0ec47c19-f7ce-58a8-b88e-23e66c6a986b'
+    >>> user_point_id("alice") != item_point_id("alice")
+    True
+    """
+    return str(uuid.uuid5(uuid.NAMESPACE_URL, "interest-stream/user/" + user_id))
+
+
+def item_point_id(item_id: str) -> str:
+    """Qdrant point id of an item (a different namespace from users, see `user_point_id`)."""
+    return str(uuid.uuid5(uuid.NAMESPACE_URL, "interest-stream/item/" + item_id))
+
+
+class CollectionMismatchError(RuntimeError):
+    """An existing collection has other vectors than this service needs. Never auto-fixed:
+    recreating it would drop its data."""
+
+
+# -- points ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, eq=False)
+class UserPoint:
+    """A user's vectors and payload as written to `users`.
+
+    A vector given as None (channel absent, e.g. no negative feedback yet) is left out of the
+    point; Qdrant lets a point carry any subset of the named vectors. An upsert replaces the
+    whole point, so a channel left out is removed from Qdrant too.
+    """
+
+    user_id: str
+    vectors: Mapping[str, np.ndarray | None]
+    payload: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        unknown = set(self.vectors) - set(USER_VECTORS)
+        if unknown:
+            raise ValueError(f"unknown user vectors {sorted(unknown)}; known: {USER_VECTORS}")
+
+
+@dataclass(frozen=True, eq=False)
+class ItemPoint:
+    """An item's document vector and payload (item_id, title, tags, cached text vectors)."""
+
+    item_id: str
+    vector: np.ndarray
+    payload: Mapping[str, Any] = field(default_factory=dict)
+
+
+def _vector(v: Any, dim: int, what: str) -> np.ndarray | None:
+    """A finite [dim] float32 vector (what Qdrant stores); None for an all-zero one (no
+    direction: useless to cosine search, so it is left out like an absent channel)."""
+    a = np.asarray(v, dtype=np.float32)
+    if a.shape != (dim,):
+        raise ValueError(f"{what}: expected shape ({dim},), got {a.shape}")
+    if not np.isfinite(a).all():
+        raise ValueError(f"{what}: vector is not finite")
+    return a if a.any() else None
+
+
+def _payload(payload: Mapping[str, Any], key: str, value: str, what: str) -> dict[str, Any]:
+    """The payload with its id field added, checked to be JSON now rather than at write time
+    (in a `SyncQueue` a point that can never be written would block the ones behind it)."""
+    out = {**payload, key: value}
+    try:
+        json.dumps(out, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{what}: payload is not plain JSON ({exc})") from None
+    return out
+
+
+def _user_parts(p: UserPoint, dim: int) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """Checked vectors and payload of a user point (cheap: no pydantic, no lists)."""
+    what = f"user {p.user_id!r}"
+    vectors: dict[str, np.ndarray] = {}
+    for name, v in p.vectors.items():
+        if v is not None and (a := _vector(v, dim, f"{what} {name}")) is not None:
+            vectors[name] = a
+    return vectors, _payload(p.payload, "user_id", p.user_id, what)
+
+
+def _user_struct(p: UserPoint, dim: int) -> models.PointStruct:
+    vectors, payload = _user_parts(p, dim)
+    return models.PointStruct(
+        id=user_point_id(p.user_id),
+        vector={name: a.tolist() for name, a in vectors.items()},
+        payload=payload,
+    )
+
+
+def _item_struct(p: ItemPoint, dim: int) -> models.PointStruct:
+    what = f"item {p.item_id!r}"
+    a = _vector(p.vector, dim, what)
+    return models.PointStruct(
+        id=item_point_id(p.item_id),
+        vector={} if a is None else {ITEM_VECTOR: a.tolist()},
+        payload=_payload(p.payload, "item_id", p.item_id, what),
+    )
+
+
+# -- cached text vectors in a payload --------------------------------------------------------
+
+
+def _b64(a: np.ndarray, what: str) -> str:
+    a = np.asarray(a)
+    if a.ndim != 1 or not np.isfinite(a).all():
+        raise ValueError(f"{what} must be a finite 1-d array, got shape {a.shape}")
+    return base64.b64encode(a.astype("<f4").tobytes()).decode("ascii")
+
+
+def text_vectors_to_payload(tv: TextVectors) -> dict[str, Any]:
+    """An item's encoded text as a JSON-safe payload field: float32 arrays as base64 of their
+    little-endian bytes (exact for float32, ~1.4x smaller than JSON numbers).
+
+    >>> from streams.state import summarize
+    >>> tv = summarize(["Rust"], np.array([[3.0, 4.0]], np.float32),
+    ...                document_vector=np.array([0.0, 2.0], np.float32))
+    >>> d = text_vectors_to_payload(tv)
+    >>> d["document"], d["n_words"], d["terms"]
+    ('AAAAAAAAgD8=', 1, [['rust', 1]])
+    >>> back = text_vectors_from_payload(d, dim=2)
+    >>> back.word_sum.tolist(), back.terms
+    ([0.6000000238418579, 0.800000011920929], (('rust', 1),))
+    """
+    return {
+        "v": _PAYLOAD_VERSION,
+        "dim": tv.dim,
+        "word_sum": _b64(tv.word_sum, "word_sum"),
+        "n_words": int(tv.n_words),
+        "sentence_sum": _b64(tv.sentence_sum, "sentence_sum"),
+        "n_sentences": int(tv.n_sentences),
+        "document": _b64(tv.document, "document"),
+        "terms": [[str(term), int(count)] for term, count in tv.terms],
+    }
+
+
+def _bad(msg: str) -> ValueError:
+    return ValueError(f"malformed text vectors payload: {msg}")
+
+
+def _count(d: Mapping[str, Any], key: str) -> int:
+    n = d.get(key)
+    if type(n) is not int or n < 0:  # bool is an int subclass: not a count
+        raise _bad(f"{key} must be an int >= 0, got {n!r}")
+    return n
+
+
+def _array(d: Mapping[str, Any], key: str, dim: int) -> np.ndarray:
+    s = d.get(key)
+    if not isinstance(s, str):
+        raise _bad(f"{key} must be a base64 string, got {type(s).__name__}")
+    try:
+        raw = base64.b64decode(s, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise _bad(f"{key} is not base64 ({exc})") from None
+    if len(raw) != 4 * dim:
+        raise _bad(f"{key} holds {len(raw)} bytes, expected {4 * dim} (dim {dim} float32)")
+    a = np.frombuffer(raw, dtype="<f4").astype(np.float32)
+    if not np.isfinite(a).all():
+        raise _bad(f"{key} is not finite")
+    return a
+
+
+def text_vectors_from_payload(d: Mapping[str, Any], dim: int | None = None) -> TextVectors:
+    """Inverse of `text_vectors_to_payload`, with float32 arrays; `dim` (when given) must match.
+
+    Anything malformed raises ValueError: a cached encoding that is wrong must not reach the
+    interest state.
+
+    >>> text_vectors_from_payload({"v": 1, "dim": 2})
+    Traceback (most recent call last):
+    ...
+    ValueError: malformed text vectors payload: word_sum must be a base64 string, got NoneType
+    """
+    if not isinstance(d, Mapping):
+        raise _bad(f"expected a mapping, got {type(d).__name__}")
+    if d.get("v") != _PAYLOAD_VERSION:
+        raise _bad(f"unknown version {d.get('v')!r} (this code reads {_PAYLOAD_VERSION})")
+    stored = d.get("dim")
+    if type(stored) is not int or stored < 1:
+        raise _bad(f"dim must be a positive int, got {stored!r}")
+    if dim is not None and stored != dim:
+        raise _bad(f"vectors have dim {stored}, expected {dim} (encoded by another model?)")
+    word_sum, sentence_sum, document = (
+        _array(d, key, stored) for key in ("word_sum", "sentence_sum", "document")
+    )
+    norm = float(np.linalg.norm(document))
+    if norm and abs(norm - 1.0) > 1e-3:
+        raise _bad(f"document must be unit length or zeros, has norm {norm:.4g}")
+    terms = d.get("terms", [])
+    if not isinstance(terms, list):
+        raise _bad(f"terms must be a list, got {type(terms).__name__}")
+    pairs = []
+    for pair in terms:
+        if not (
+            isinstance(pair, list | tuple)
+            and len(pair) == 2
+            and isinstance(pair[0], str)
+            and type(pair[1]) is int
+            and pair[1] > 0
+        ):
+            raise _bad(f"each term must be [str, int > 0], got {pair!r}")
+        pairs.append((pair[0], pair[1]))
+    return TextVectors(
+        word_sum=word_sum,
+        n_words=_count(d, "n_words"),
+        sentence_sum=sentence_sum,
+        n_sentences=_count(d, "n_sentences"),
+        document=document,
+        terms=tuple(pairs),
+    )
+
+
+# -- the sink --------------------------------------------------------------------------------
+
+
+class QdrantSink:
+    """Synchronous, batched, idempotent writes to the `users` and `items` collections.
+
+    Exactly one of `url` (a Qdrant server) or `path` (qdrant-client local mode in that
+    directory; `path=":memory:"` keeps nothing on disk). Local mode locks its directory, so
+    one process at a time. Errors propagate: retrying is the caller's job (`SyncQueue`).
+
+    >>> sink = QdrantSink.memory(dim=3)
+    >>> sink.ensure_collections()
+    >>> vectors = {"document": np.array([3.0, 0.0, 4.0]), "negative": None}
+    >>> sink.upsert_users([UserPoint("alice", vectors, {"counts": {"click": 1}})])
+    >>> got, payload = sink.get_users(["alice", "bob"])["alice"]
+    >>> {k: [round(x, 3) for x in v] for k, v in got.items()}  # cosine: stored normalised
+    {'document': [0.6, 0.0, 0.8]}
+    >>> payload
+    {'counts': {'click': 1}, 'user_id': 'alice'}
+    >>> sink.close()
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        *,
+        url: str | None = None,
+        path: str | Path | None = None,
+        timeout: float = 5.0,
+    ) -> None:
+        if type(dim) is not int or dim < 1:
+            raise ValueError(f"dim must be a positive int, got {dim!r}")
+        if (url is None) == (path is None):
+            raise ValueError("give exactly one of url (Qdrant server) or path (local mode)")
+        self.dim = dim
+        self.local = url is None
+        # Local mode is plain Python over numpy and sqlite: not safe for concurrent calls, so
+        # they are serialised here, which also makes sharing its sqlite connection between
+        # threads safe where sqlite would refuse it by default.
+        self._lock: contextlib.AbstractContextManager[Any] = (
+            threading.Lock() if self.local else contextlib.nullcontext()
+        )
+        if path is None:
+            self.client = QdrantClient(url=url, timeout=max(1, math.ceil(timeout)))
+        elif str(path) == MEMORY:
+            self.client = QdrantClient(location=MEMORY, force_disable_check_same_thread=True)
+        else:
+            Path(path).mkdir(parents=True, exist_ok=True)
+            self.client = QdrantClient(path=str(path), force_disable_check_same_thread=True)
+        self.target = url if url is not None else str(path)
+
+    @classmethod
+    def memory(cls, dim: int) -> QdrantSink:
+        """Local mode in memory, for tests."""
+        return cls(dim, path=MEMORY)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(dim={self.dim}, target={self.target!r})"
+
+    def __enter__(self) -> QdrantSink:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- collections ---------------------------------------------------------------------
+
+    def _wanted(self, collection: str) -> dict[str, tuple[int, str]]:
+        names = USER_VECTORS if collection == USERS else (ITEM_VECTOR,)
+        return {name: (self.dim, models.Distance.COSINE.value) for name in names}
+
+    def _existing(self, collection: str) -> dict[str, tuple[int, str]]:
+        vectors = self.client.get_collection(collection).config.params.vectors
+        if vectors is None:
+            return {}
+        if isinstance(vectors, models.VectorParams):  # a single unnamed vector
+            vectors = {"": vectors}
+        return {name: (p.size, models.Distance(p.distance).value) for name, p in vectors.items()}
+
+    def _check(self, collection: str) -> None:
+        have, want = self._existing(collection), self._wanted(collection)
+        if have != want:
+
+            def show(v: Mapping[str, tuple[int, str]]) -> str:
+                return ", ".join(f"{n or '<unnamed>'}: {s} {d}" for n, (s, d) in sorted(v.items()))
+
+            raise CollectionMismatchError(
+                f"Qdrant collection {collection!r} at {self.target} has vectors {{{show(have)}}}"
+                f" but this service needs {{{show(want)}}}. It was left untouched: point the"
+                " service at another store, or delete the collection to rebuild it."
+            )
+
+    def ensure_collections(self) -> None:
+        """Create `users` and `items` if missing; check them if present (never recreate)."""
+        with self._lock:
+            for collection in (USERS, ITEMS):
+                if self.client.collection_exists(collection):
+                    self._check(collection)
+                    continue
+                config = {
+                    name: models.VectorParams(size=size, distance=models.Distance(distance))
+                    for name, (size, distance) in self._wanted(collection).items()
+                }
+                try:
+                    self.client.create_collection(collection, vectors_config=config)
+                except Exception:
+                    # another worker may have created it in between: then check theirs
+                    if not self.client.collection_exists(collection):
+                        raise
+                    self._check(collection)
+            if not self.local:  # local mode has no payload indexes (it warns if asked)
+                self._ensure_indexes()
+
+    def _ensure_indexes(self) -> None:
+        for collection, key in _INDEXES:
+            if key in (self.client.get_collection(collection).payload_schema or {}):
+                continue
+            try:
+                self.client.create_payload_index(
+                    collection, key, field_schema=models.PayloadSchemaType.KEYWORD, wait=True
+                )
+            except Exception as exc:  # filters still work without it, only slower
+                log.warning("no payload index on %s.%s: %s", collection, key, exc)
+
+    # -- writes and reads ----------------------------------------------------------------
+
+    def upsert_users(self, points: Sequence[UserPoint]) -> None:
+        """One batched upsert (wait=True); for a user given twice the last point wins."""
+        structs = {p.user_id: _user_struct(p, self.dim) for p in points}
+        if structs:
+            with self._lock:
+                self.client.upsert(USERS, points=list(structs.values()), wait=True)
+
+    def delete_users(self, user_ids: Iterable[str]) -> None:
+        """Delete users' points in one call; unknown users are fine."""
+        ids = list(dict.fromkeys(user_point_id(u) for u in user_ids))
+        if ids:
+            with self._lock:
+                self.client.delete(
+                    USERS, points_selector=models.PointIdsList(points=ids), wait=True
+                )
+
+    def upsert_items(self, points: Sequence[ItemPoint]) -> None:
+        """One batched upsert of items; an item without a direction is stored without vector."""
+        structs = {p.item_id: _item_struct(p, self.dim) for p in points}
+        if structs:
+            with self._lock:
+                self.client.upsert(ITEMS, points=list(structs.values()), wait=True)
+
+    def _retrieve(
+        self, collection: str, ids: Iterable[str], to_point: Callable[[str], str], vectors: bool
+    ) -> list[tuple[str, models.Record]]:
+        by_point = {to_point(i): i for i in ids}
+        if not by_point:
+            return []
+        with self._lock:
+            records = self.client.retrieve(
+                collection, ids=list(by_point), with_payload=True, with_vectors=vectors
+            )
+        return [(by_point[str(r.id)], r) for r in records]
+
+    def get_items(self, item_ids: Iterable[str]) -> dict[str, dict[str, Any]]:
+        """Payloads of the items found, by item_id (one call, no vectors)."""
+        found = self._retrieve(ITEMS, item_ids, item_point_id, vectors=False)
+        return {item_id: dict(r.payload or {}) for item_id, r in found}
+
+    def get_users(
+        self, user_ids: Iterable[str], with_vectors: bool = True
+    ) -> dict[str, tuple[dict[str, list[float]], dict[str, Any]]]:
+        """(vectors, payload) of the users found, by user_id; stored vectors are unit length."""
+        found = self._retrieve(USERS, user_ids, user_point_id, vectors=with_vectors)
+        out: dict[str, tuple[dict[str, list[float]], dict[str, Any]]] = {}
+        for user_id, r in found:
+            vectors = r.vector if isinstance(r.vector, dict) else {}
+            out[user_id] = ({k: list(v) for k, v in vectors.items()}, dict(r.payload or {}))
+        return out
+
+    def count(self, collection: str) -> int:
+        with self._lock:
+            return self.client.count(collection, exact=True).count
+
+    def close(self) -> None:
+        """Release the client (and local mode's directory lock). Idempotent."""
+        with self._lock:
+            self.client.close()
+
+
+# -- the queue between the stream and the sink -----------------------------------------------
+
+
+async def _either(a: asyncio.Event, b: asyncio.Event) -> None:
+    waits = [asyncio.ensure_future(a.wait()), asyncio.ensure_future(b.wait())]
+    try:
+        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for w in waits:
+            w.cancel()
+
+
+class SyncQueue:
+    """Latest pending state per user, written to a `QdrantSink` by a background task.
+
+    `mark` and `mark_deleted` never block: a user marked many times before the next write is
+    written once, with its latest state. `run` writes whatever is pending (deletions, then
+    upserts, in one worker thread, so calls are serialised and in order); when a write fails
+    the entries go back (unless newer ones arrived meanwhile) and it retries with
+    exponential backoff. Writes run in `executor` when given (it must have one thread, to
+    keep them in order), else in a thread of its own. Use from one event loop; not
+    thread-safe.
+    """
+
+    def __init__(
+        self,
+        sink: QdrantSink,
+        *,
+        backoff_start: float = 0.1,
+        backoff_factor: float = 2.0,
+        backoff_max: float = 5.0,
+        jitter: float = 0.1,
+        on_flushed: Callable[[list[UserPoint], float], None] | None = None,
+        executor: Executor | None = None,
+    ) -> None:
+        self.sink = sink
+        self.backoff_start = backoff_start
+        self.backoff_factor = backoff_factor
+        self.backoff_max = backoff_max
+        self.jitter = jitter
+        #: called after each successful upsert with the points and the time.time() at which
+        #: they became visible in Qdrant (for the freshness metric)
+        self.on_flushed = on_flushed
+        self.upserted = 0  # points written
+        self.deleted = 0  # users deleted
+        self.failures = 0  # failed write calls
+        self.last_flush_s = 0.0  # duration of the last successful write call
+        self._points: dict[str, UserPoint] = {}
+        self._deletes: dict[str, None] = {}  # an ordered set
+        self._in_flight = 0
+        self._failed_in_row = 0
+        self._outage_since: float | None = None
+        self._wake = asyncio.Event()
+        self._busy = asyncio.Lock()
+        # a caller's executor (one thread for all its Qdrant calls) is shared, never shut down
+        self._own_executor = executor is None
+        self._executor: Executor | None = executor
+
+    @property
+    def pending(self) -> int:
+        """Entries not yet known to be in Qdrant, counting the write in flight."""
+        return len(self._points) + len(self._deletes) + self._in_flight
+
+    def mark(self, point: UserPoint) -> None:
+        """Queue a user's latest state (replaces an earlier one, cancels a pending delete).
+
+        Checked here, so a point that could never be written fails its caller, not the queue.
+        """
+        _user_parts(point, self.sink.dim)
+        self._deletes.pop(point.user_id, None)
+        self._points[point.user_id] = point
+        self._wake.set()
+
+    def mark_deleted(self, user_id: str) -> None:
+        """Queue a user's deletion (cancels a pending state of that user)."""
+        self._points.pop(user_id, None)
+        self._deletes[user_id] = None
+        self._wake.set()
+
+    def _write(self, deletes: list[str], points: list[UserPoint]) -> tuple[float, float]:
+        """In the worker thread: returns (time.time() when visible, seconds taken)."""
+        start = time.perf_counter()
+        if deletes:
+            self.sink.delete_users(deletes)
+        if points:
+            self.sink.upsert_users(points)
+        return time.time(), time.perf_counter() - start
+
+    async def _flush_once(self) -> bool:
+        """Write everything pending in one go; False (entries put back) when it failed."""
+        async with self._busy:
+            if not self._points and not self._deletes:
+                return True
+            points, deletes = self._points, self._deletes
+            self._points, self._deletes = {}, {}
+            self._in_flight = len(points) + len(deletes)
+            self._wake.clear()
+            if self._executor is None:
+                self._executor = ThreadPoolExecutor(1, thread_name_prefix="qdrant-sink")
+            loop = asyncio.get_running_loop()
+            try:
+                visible_at, took = await loop.run_in_executor(
+                    self._executor, self._write, list(deletes), list(points.values())
+                )
+            except BaseException as exc:  # cancelled too: a timed-out flush keeps its entries
+                self._put_back(points, deletes)
+                if not isinstance(exc, Exception):
+                    raise
+                self._failed(exc)
+                return False
+            finally:
+                self._in_flight = 0
+            self._succeeded(took)
+            self.upserted += len(points)
+            self.deleted += len(deletes)
+            if points and self.on_flushed is not None:
+                try:
+                    self.on_flushed(list(points.values()), visible_at)
+                except Exception:
+                    log.exception("on_flushed hook failed")
+            return True
+
+    def _put_back(self, points: dict[str, UserPoint], deletes: dict[str, None]) -> None:
+        """Requeue taken entries, except users marked or deleted again meanwhile."""
+        for user_id, point in points.items():
+            if user_id not in self._points and user_id not in self._deletes:
+                self._points[user_id] = point
+        for user_id in deletes:
+            if user_id not in self._points and user_id not in self._deletes:
+                self._deletes[user_id] = None
+
+    def _failed(self, exc: Exception) -> None:
+        self.failures += 1
+        self._failed_in_row += 1
+        if self._outage_since is None:  # one warning per outage, not per retry
+            self._outage_since = time.monotonic()
+            log.warning(
+                "Qdrant write failed (%s: %s); keeping %d pending and retrying with backoff",
+                type(exc).__name__,
+                exc,
+                self.pending,
+            )
+        else:
+            log.debug("Qdrant write failed again (%s: %s)", type(exc).__name__, exc)
+
+    def _succeeded(self, took: float) -> None:
+        self.last_flush_s = took
+        if self._outage_since is not None:
+            log.warning(
+                "Qdrant writes recovered after %d failed attempts in %.1f s",
+                self._failed_in_row,
+                time.monotonic() - self._outage_since,
+            )
+        self._outage_since = None
+        self._failed_in_row = 0
+
+    def _backoff(self) -> float:
+        base = self.backoff_start * self.backoff_factor ** max(0, self._failed_in_row - 1)
+        return min(self.backoff_max, base) * (1.0 + random.uniform(0.0, self.jitter))
+
+    async def run(self, stop: asyncio.Event, *, final_timeout: float = 10.0) -> None:
+        """Write pending entries until `stop` is set, then try once more for `final_timeout`."""
+        try:
+            while not stop.is_set():
+                if not self._points and not self._deletes:
+                    self._wake.clear()
+                    await _either(self._wake, stop)
+                    continue
+                if not await self._flush_once():
+                    with contextlib.suppress(TimeoutError):  # back off, but wake up for stop
+                        await asyncio.wait_for(stop.wait(), self._backoff())
+            if not await self.flush(final_timeout):
+                log.warning("stopping with %d entries not written to Qdrant", self.pending)
+        finally:
+            if self._own_executor and self._executor is not None:
+                self._executor.shutdown(wait=False)
+                self._executor = None
+
+    async def flush(self, timeout: float = 10.0) -> bool:
+        """Write until nothing is pending (True) or `timeout` seconds have passed (False)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while self.pending:
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return False
+            try:
+                ok = await asyncio.wait_for(self._flush_once(), remaining)
+            except TimeoutError:
+                return self.pending == 0
+            if not ok:
+                await asyncio.sleep(min(self._backoff(), max(0.0, deadline - loop.time())))
+        return True

@@ -1,0 +1,242 @@
+"""End to end on real parts: Tansu broker, `interest-stream up` worker, qdrant-client local mode.
+
+One worker (RocksDB tables, 2 partitions per topic) serves the whole module; each test
+uses its own users. Results are read the way users read them: the worker's HTTP API, the
+DLQ topic, and Qdrant's directory after the worker stopped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from worker_process import WorkerProcess
+
+from streams.embedded import EmbeddedBroker, ensure_topics
+
+pytestmark = pytest.mark.integration
+
+SAMPLE = Path(__file__).parents[1] / "data" / "sample_events.jsonl"
+
+
+async def produce(bootstrap: str, records: list[tuple[str, bytes | None, bytes | None]]) -> None:
+    from aiokafka import AIOKafkaProducer
+
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=5)
+    await producer.start()
+    try:
+        futures = [await producer.send(t, v, key=k) for t, k, v in records]
+        await asyncio.gather(*futures)
+    finally:
+        await producer.stop()
+
+
+def replay_lines(bootstrap: str, lines: list[dict]) -> int:
+    from streams.events import TOPIC_TYPES
+
+    topic_of = {v: k for k, v in TOPIC_TYPES.items()}
+    records = []
+    for d in lines:
+        d = dict(d)
+        kind = d.pop("type")
+        key = d["item_id"] if kind == "item" else d["user_id"]
+        records.append((topic_of[kind], str(key).encode(), json.dumps(d).encode()))
+    asyncio.run(produce(bootstrap, records))
+    return len(records)
+
+
+async def consume_all(bootstrap: str, topic: str, expect: int, timeout: float = 20.0) -> list:
+    """Read `topic` from the start until `expect` messages or the timeout. (Tansu's
+    end_offsets answer is not the log end, so reading "to the end" is not an option.)"""
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        tps = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or [0]]
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        out: list = []
+        deadline = asyncio.get_running_loop().time() + timeout
+        while len(out) < expect and asyncio.get_running_loop().time() < deadline:
+            batch = await consumer.getmany(timeout_ms=500)
+            for msgs in batch.values():
+                out += msgs
+        return out
+    finally:
+        await consumer.stop()
+
+
+def sample_lines() -> list[dict]:
+    out = []
+    for line in SAMPLE.read_text().splitlines():
+        try:
+            d = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(d, dict) and d.get("type") in {"item", "click", "search", "comment"}:
+            out.append(d)
+    return out
+
+
+def cos(a, b) -> float:
+    a, b = np.asarray(a, float), np.asarray(b, float)
+    return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory, e5_exported):
+    tmp = tmp_path_factory.mktemp("pipeline")
+    with EmbeddedBroker(log_path=tmp / "tansu.log") as broker:
+        ensure_topics(broker.bootstrap, 2)
+        worker = WorkerProcess(broker.bootstrap, tmp / "data").start()
+        try:
+            yield broker, worker
+        finally:
+            worker.stop()
+
+
+def test_published_events_become_vectors_equal_to_the_offline_profile(stack):
+    from encoders import Encoder
+    from streams.profile import build_profile
+    from streams.state import CHANNELS
+
+    broker, worker = stack
+    lines = sample_lines()
+    n = replay_lines(broker.bootstrap, lines)
+    h = worker.wait_idle(consumed=n)
+    # line 13 (ts "soon") is routable but invalid; line 14 is not JSON and never published
+    assert h["totals"]["dead_lettered"] == 1, h
+    assert h["totals"]["duplicates"] == 1, h  # line 10 repeats event e3
+    enc = Encoder("e5-small", device="cpu")
+    users = sorted({d["user_id"] for d in lines if "user_id" in d})
+    assert len(users) >= 2
+    for user in users:
+        status, got = worker.get(f"/users/{user}/vectors")
+        assert status == 200, got
+        prof = build_profile(SAMPLE, user, enc)
+        assert got["counts"] == prof.state.counts
+        for channel in (*CHANNELS, "fused"):
+            want = prof.state.fused() if channel == "fused" else prof.state.vector(channel)
+            if want is None:
+                assert got["vectors"][channel] is None, (user, channel)
+            else:
+                assert cos(got["vectors"][channel], want) >= 0.999, (user, channel)
+
+
+def test_republished_events_change_nothing(stack):
+    broker, worker = stack
+    lines = [
+        {"type": "item", "item_id": "d1", "title": "Deep sea documentary about whales"},
+        *[
+            {
+                "type": "click",
+                "event_id": f"dup-{i}",
+                "user_id": "dup-user",
+                "item_id": "d1",
+                "ts": 1.7e9 + i,
+            }
+            for i in range(5)
+        ],
+        {
+            "type": "search",
+            "event_id": "dup-s",
+            "user_id": "dup-user",
+            "ts": 1.7e9,
+            "query": "鲸鱼",
+        },
+    ]
+    before = worker.health()["totals"].get("consumed", 0)
+    n = replay_lines(broker.bootstrap, lines)
+    worker.wait_idle(consumed=before + n)
+    first = worker.get("/users/dup-user/vectors")[1]
+    n2 = replay_lines(broker.bootstrap, lines[1:])  # the same events again, new offsets
+    h = worker.wait_idle(consumed=before + n + n2)
+    again = worker.get("/users/dup-user/vectors")[1]
+    assert (
+        again["counts"]
+        == first["counts"]
+        == {
+            "click": 5,
+            "search": 1,
+            "comment": 0,
+            "negative": 0,
+        }
+    )
+    assert again["vectors"] == first["vectors"]
+    assert h["totals"]["duplicates"] >= n2
+
+
+def test_a_malformed_mix_is_dead_lettered_with_reasons_and_counts_add_up(stack):
+    broker, worker = stack
+    good = {
+        "event_id": "mx1",
+        "user_id": "mix-user",
+        "ts": 1.7e9,
+        "query": "jazz records",
+    }
+    bad: list[tuple[str, bytes | None, bytes | None]] = [
+        ("events.click", b"mix-user", b"{not json"),
+        ("events.click", b"mix-user", b"\xff\xfe\xfd"),
+        ("events.search", b"mix-user", json.dumps({**good, "ts": "yesterday"}).encode()),
+        ("events.search", b"mix-user", json.dumps({**good, "ts": 4e12}).encode()),
+        ("events.comment", b"mix-user", json.dumps({**good, "text": "x" * 30_000}).encode()),
+        ("events.search", b"other-key", json.dumps(good).encode()),
+        ("events.search", None, json.dumps(good).encode()),
+        ("items", b"i1", json.dumps({"item_id": "i1"}).encode()),
+    ]
+    records = [("events.search", b"mix-user", json.dumps(good).encode()), *bad]
+    before = worker.health()["totals"]
+    asyncio.run(produce(broker.bootstrap, records))
+    h = worker.wait_idle(consumed=before.get("consumed", 0) + len(records))
+    t = h["totals"]
+    assert t["dead_lettered"] - before.get("dead_lettered", 0) == len(bad)
+    assert t["applied"] - before.get("applied", 0) == 1
+    handled = sum(t.get(k, 0) for k in ("applied", "duplicates", "dead_lettered", "parked"))
+    assert t["consumed"] == handled + t.get("items", 0) + t.get("deletes", 0)
+    # the module's other dead letter is sample line 13, from the first test
+    got = asyncio.run(consume_all(broker.bootstrap, "events.dlq", expect=len(bad) + 1))
+    dlq = [json.loads(m.value) for m in got]
+    assert len(dlq) == len(bad) + 1
+    reasons = " | ".join(d["reason"] for d in dlq)
+    for expected in ("invalid JSON", "UTF-8", "ts", "future", "longer than", "expected its user"):
+        assert expected in reasons, (expected, reasons)
+    assert all(d["error"] and d["value_b64"] is not None and d["offset"] >= 0 for d in dlq)
+
+
+def test_deleting_a_user_removes_state_and_points(stack):
+    broker, worker = stack
+    user = "gone-user"
+    before = worker.health()["totals"]["consumed"]
+    n = replay_lines(
+        broker.bootstrap,
+        [
+            {"type": "search", "event_id": "g1", "user_id": user, "ts": 1.7e9, "query": "secret"},
+            {"type": "search", "event_id": "g2", "user_id": "kept-user", "ts": 1.7e9, "query": "x"},
+        ],
+    )
+    worker.wait_idle(consumed=before + n)
+    assert worker.get(f"/users/{user}/vectors")[0] == 200
+    delete = [("users.delete", user.encode(), json.dumps({"user_id": user}).encode())]
+    asyncio.run(produce(broker.bootstrap, delete))
+    worker.wait_idle(consumed=before + n + 1)
+    assert worker.get(f"/users/{user}/vectors")[0] == 404
+    assert worker.get("/users/kept-user/vectors")[0] == 200
+
+
+def test_after_a_clean_stop_qdrant_holds_every_user_but_the_deleted_one(stack):
+    from streams.sink import QdrantSink
+
+    _, worker = stack
+    assert worker.stop() == 0, worker.tail()
+    with QdrantSink(384, path=worker.data_dir / "qdrant") as sink:
+        users = sink.get_users(["u1", "u2", "dup-user", "kept-user", "gone-user"])
+        items = sink.get_items(["m1", "m2", "d1"])
+    assert set(users) == {"u1", "u2", "dup-user", "kept-user"}
+    vectors, payload = users["u1"]
+    assert {"word", "sentence", "document", "fused"} <= set(vectors)
+    assert payload["user_id"] == "u1" and payload["top_terms"]
+    assert set(items) == {"m1", "m2", "d1"} and items["m1"]["title"]

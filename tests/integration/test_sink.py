@@ -1,0 +1,323 @@
+"""QdrantSink and SyncQueue against real qdrant-client local mode on disk (no mocks).
+
+Outages are simulated by a small subclass of our own sink that raises before calling
+Qdrant; qdrant-client itself is never replaced.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+from qdrant_client import models
+
+from streams.sink import (
+    ITEMS,
+    USER_VECTORS,
+    USERS,
+    CollectionMismatchError,
+    ItemPoint,
+    QdrantSink,
+    SyncQueue,
+    UserPoint,
+    text_vectors_from_payload,
+    text_vectors_to_payload,
+)
+from streams.state import summarize
+
+pytestmark = pytest.mark.integration
+
+DIM = 16
+FAST = {"backoff_start": 0.005, "backoff_max": 0.02}  # SyncQueue backoff for tests
+
+
+def unit(seed: int, dim: int = DIM) -> np.ndarray:
+    v = np.random.default_rng(seed).standard_normal(dim).astype(np.float32)
+    return v / np.linalg.norm(v)
+
+
+def user(user_id: str, seed: int = 0, negative: bool = False, **payload) -> UserPoint:
+    vectors = {name: unit(seed + i) for i, name in enumerate(USER_VECTORS)}
+    if not negative:
+        vectors["negative"] = None
+    return UserPoint(user_id, vectors, {"counts": {"click": seed}, **payload})
+
+
+class FlakySink(QdrantSink):
+    """Our sink, failing its next `down` write calls and recording the batches it writes."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.down = 0
+        self.gate: threading.Event | None = None  # when given, writes wait for it first
+        self.entered = threading.Event()  # set once a write has started
+        self.batches: list[list[str]] = []
+
+    def upsert_users(self, points) -> None:
+        self.entered.set()
+        if self.gate is not None:
+            self.gate.wait(5)
+        if self.down > 0:
+            self.down -= 1
+            raise ConnectionError("Qdrant is down (simulated)")
+        super().upsert_users(points)
+        self.batches.append([p.user_id for p in points])
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Path:
+    return tmp_path / "qdrant"
+
+
+@pytest.fixture
+def sink(store: Path) -> Iterator[FlakySink]:
+    s = FlakySink(DIM, path=store)
+    s.ensure_collections()
+    yield s
+    s.close()
+
+
+# -- collections -----------------------------------------------------------------------------
+
+
+def test_collections_have_the_named_cosine_vectors(sink: QdrantSink, store: Path) -> None:
+    assert store.is_dir()
+    users = sink.client.get_collection(USERS).config.params.vectors
+    items = sink.client.get_collection(ITEMS).config.params.vectors
+    assert isinstance(users, dict) and isinstance(items, dict)
+    assert sorted(users) == sorted(USER_VECTORS)
+    assert sorted(items) == ["document"]
+    for params in [*users.values(), *items.values()]:
+        assert (params.size, params.distance) == (DIM, models.Distance.COSINE)
+    sink.upsert_users([user("u1")])
+    sink.ensure_collections()  # again: a no-op that keeps the data
+    assert sink.count(USERS) == 1
+
+
+def test_another_dimension_is_refused_and_nothing_is_dropped(sink: QdrantSink, store) -> None:
+    sink.upsert_users([user("u1")])
+    sink.close()
+    with QdrantSink(DIM * 2, path=store) as other:
+        with pytest.raises(CollectionMismatchError) as err:
+            other.ensure_collections()
+        message = str(err.value)
+        assert "'users'" in message and "document: 16 Cosine" in message
+        assert "document: 32 Cosine" in message and "left untouched" in message
+        assert other.count(USERS) == 1
+
+
+def test_other_vector_names_are_refused(store: Path) -> None:
+    with QdrantSink(DIM, path=store) as s:
+        s.client.create_collection(
+            ITEMS, vectors_config=models.VectorParams(size=DIM, distance=models.Distance.DOT)
+        )
+        with pytest.raises(CollectionMismatchError, match=r"'items'.*<unnamed>: 16 Dot"):
+            s.ensure_collections()
+
+
+# qdrant-client leaks the lock file's handle when the lock is refused (a ResourceWarning)
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+def test_local_store_is_locked_to_one_client_and_persists(sink: QdrantSink, store) -> None:
+    with pytest.raises(RuntimeError, match="already accessed"):
+        QdrantSink(DIM, path=store)
+    sink.upsert_users([user("u1", seed=3)])
+    sink.close()
+    with QdrantSink(DIM, path=store) as again:
+        again.ensure_collections()
+        assert again.get_users(["u1"])["u1"][1]["counts"] == {"click": 3}
+
+
+# -- users and items -------------------------------------------------------------------------
+
+
+def test_absent_vectors_are_left_out_and_payload_is_kept(sink: QdrantSink) -> None:
+    point = UserPoint(
+        "alice",
+        {"word": unit(1), "document": unit(2) * 3, "fused": np.zeros(DIM), "negative": None},
+        {"top_terms": [["rust", 1.5]], "updated_at": 12.5},
+    )
+    sink.upsert_users([point])
+    vectors, payload = sink.get_users(["alice", "nobody"])["alice"]
+    assert sorted(vectors) == ["document", "word"]  # None and all-zero are not stored
+    np.testing.assert_allclose(vectors["document"], unit(2), atol=1e-6)  # cosine: normalised
+    assert payload == {"top_terms": [["rust", 1.5]], "updated_at": 12.5, "user_id": "alice"}
+    assert sink.get_users(["alice"], with_vectors=False)["alice"][0] == {}
+
+
+def test_upserts_are_idempotent_and_replace_the_point(sink: QdrantSink) -> None:
+    sink.upsert_users([user("u1", seed=1, negative=True), user("u2")])
+    sink.upsert_users([user("u1", seed=2)])  # same id, no negative vector any more
+    assert sink.count(USERS) == 2
+    vectors, payload = sink.get_users(["u1"])["u1"]
+    assert "negative" not in vectors and payload["counts"] == {"click": 2}
+    sink.upsert_users([])  # no-op
+
+
+def test_delete_removes_users(sink: QdrantSink) -> None:
+    sink.upsert_users([user("u1"), user("u2")])
+    sink.delete_users(["u1", "never-seen"])
+    sink.delete_users([])
+    assert sink.count(USERS) == 1
+    assert set(sink.get_users(["u1", "u2"])) == {"u2"}
+
+
+def test_bad_vectors_are_refused_before_writing(sink: QdrantSink) -> None:
+    with pytest.raises(ValueError, match=r"user 'u1' word: expected shape \(16,\)"):
+        sink.upsert_users([UserPoint("u1", {"word": np.ones(3)})])
+    with pytest.raises(ValueError, match="not finite"):
+        sink.upsert_users([UserPoint("u1", {"word": np.full(DIM, np.inf)})])
+    with pytest.raises(ValueError, match="not plain JSON"):
+        sink.upsert_users([UserPoint("u1", {}, {"t": np.float32(1)})])
+    assert sink.count(USERS) == 0
+
+
+def test_items_carry_their_cached_text_vectors(sink: QdrantSink) -> None:
+    rng = np.random.default_rng(7)
+    tv = summarize(
+        ["Qdrant", "vectors"],
+        rng.standard_normal((2, DIM)).astype(np.float32),
+        rng.standard_normal((1, DIM)).astype(np.float32),
+        rng.standard_normal(DIM).astype(np.float32),
+    )
+    payload = {"title": "T", "tags": ["db"], "text": text_vectors_to_payload(tv)}
+    sink.upsert_items([ItemPoint("i1", tv.document, payload), ItemPoint("i2", unit(1), {})])
+    assert sink.count(ITEMS) == 2
+    got = sink.get_items(["i1", "i2", "missing"])
+    assert set(got) == {"i1", "i2"} and got["i2"] == {"item_id": "i2"}
+    assert got["i1"]["tags"] == ["db"] and got["i1"]["item_id"] == "i1"
+    back = text_vectors_from_payload(got["i1"]["text"], dim=DIM)
+    for name in ("word_sum", "sentence_sum", "document"):
+        assert getattr(back, name).tobytes() == getattr(tv, name).tobytes()
+    assert (back.n_words, back.n_sentences, back.terms) == (tv.n_words, tv.n_sentences, tv.terms)
+
+
+# -- SyncQueue -------------------------------------------------------------------------------
+
+
+async def run_until_flushed(queue: SyncQueue, timeout: float = 5.0) -> None:
+    stop = asyncio.Event()
+    task = asyncio.create_task(queue.run(stop))
+    try:
+        assert await queue.flush(timeout)
+    finally:
+        stop.set()
+        await task
+
+
+def test_queue_writes_latest_state_per_user_in_one_call(sink: FlakySink) -> None:
+    flushed: list[tuple[list[str], float]] = []
+    queue = SyncQueue(sink, on_flushed=lambda ps, t: flushed.append(([p.user_id for p in ps], t)))
+    for seed in range(5):
+        queue.mark(user("u1", seed=seed))
+    queue.mark(user("u2"))
+    queue.mark_deleted("u2")  # replaces u2's state
+    queue.mark_deleted("u3")
+    queue.mark(user("u3", seed=9))  # replaces u3's delete
+    assert queue.pending == 3
+
+    asyncio.run(run_until_flushed(queue))
+
+    assert sink.batches == [["u1", "u3"]]
+    assert (queue.upserted, queue.deleted, queue.failures, queue.pending) == (2, 1, 0, 0)
+    assert queue.last_flush_s > 0
+    assert flushed[0][0] == ["u1", "u3"] and flushed[0][1] > 0
+    assert sink.get_users(["u1"])["u1"][1]["counts"] == {"click": 4}
+    assert set(sink.get_users(["u1", "u2", "u3"])) == {"u1", "u3"}
+
+
+def test_queue_deletes(sink: FlakySink) -> None:
+    sink.upsert_users([user("u1"), user("u2")])
+    queue = SyncQueue(sink)
+    queue.mark_deleted("u1")
+    assert asyncio.run(queue.flush(5))
+    assert (queue.deleted, sink.count(USERS)) == (1, 1)
+
+
+def test_outage_loses_nothing_and_warns_once(sink: FlakySink, caplog) -> None:
+    caplog.set_level(logging.DEBUG, logger="streams.sink")
+    sink.down = 4
+    queue = SyncQueue(sink, **FAST)
+
+    async def scenario() -> None:
+        stop = asyncio.Event()
+        task = asyncio.create_task(queue.run(stop))
+        for i in range(20):
+            queue.mark(user(f"u{i}", seed=i))
+            await asyncio.sleep(0.002)  # marks keep arriving during the outage
+        queue.mark(user("u0", seed=100))  # a newer state must survive the requeue
+        assert await queue.flush(5)
+        stop.set()
+        await task
+
+    asyncio.run(scenario())
+    assert queue.failures == 4 and sink.down == 0
+    assert queue.upserted >= 20 and queue.pending == 0
+    assert sink.count(USERS) == 20
+    assert sink.get_users(["u0"])["u0"][1]["counts"] == {"click": 100}
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 2, warnings  # one for the outage, one for the recovery
+    assert "Qdrant write failed (ConnectionError" in warnings[0]
+    assert "recovered after 4 failed attempts" in warnings[1]
+
+
+def test_a_newer_mark_during_a_failing_write_wins(sink: FlakySink) -> None:
+    sink.down, sink.gate = 1, threading.Event()
+    queue = SyncQueue(sink, **FAST)
+
+    async def scenario() -> None:
+        stop = asyncio.Event()
+        task = asyncio.create_task(queue.run(stop))
+        queue.mark(user("u1", seed=1))
+        queue.mark(user("u2", seed=1))
+        while not sink.entered.is_set():
+            await asyncio.sleep(0.001)  # until the write has taken them
+        queue.mark(user("u1", seed=2))  # the stream does not wait for Qdrant
+        queue.mark_deleted("u2")
+        sink.gate.set()  # the first write now fails; the newer entries must win
+        assert await queue.flush(5)
+        stop.set()
+        await task
+
+    asyncio.run(scenario())
+    assert queue.failures == 1
+    assert sink.get_users(["u1"])["u1"][1]["counts"] == {"click": 2}
+    assert set(sink.get_users(["u1", "u2"])) == {"u1"}
+
+
+def test_flush_gives_up_after_its_timeout_and_keeps_entries(sink: FlakySink) -> None:
+    sink.down = 10**6
+    queue = SyncQueue(sink, **FAST)
+    queue.mark(user("u1"))
+    assert asyncio.run(queue.flush(0.05)) is False
+    assert queue.pending == 1 and queue.failures >= 1
+    sink.down = 0
+    assert asyncio.run(queue.flush(5)) and sink.count(USERS) == 1
+
+
+def test_stop_makes_one_last_flush_in_a_shared_executor(sink: FlakySink) -> None:
+    executor = ThreadPoolExecutor(1)  # the worker's one thread for all Qdrant calls
+    queue = SyncQueue(sink, executor=executor)
+
+    async def scenario() -> None:
+        stop = asyncio.Event()
+        stop.set()
+        queue.mark(user("u1"))
+        await queue.run(stop, final_timeout=5)
+
+    asyncio.run(scenario())
+    assert sink.count(USERS) == 1 and queue.pending == 0
+    assert executor.submit(sink.count, USERS).result() == 1  # still the caller's to close
+    executor.shutdown()
+
+
+def test_queue_refuses_a_point_that_could_never_be_written(sink: FlakySink) -> None:
+    queue = SyncQueue(sink)
+    with pytest.raises(ValueError, match="expected shape"):
+        queue.mark(UserPoint("u1", {"fused": np.ones(DIM + 1)}))
+    assert queue.pending == 0
