@@ -18,6 +18,7 @@ import asyncio
 import logging
 import time
 import weakref
+from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager, suppress
@@ -25,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import faust
+import numpy as np
 from faust.streams import _current_event
 
 from streams.config import Settings
@@ -63,7 +65,7 @@ def partition_context(topic: str, partition: int) -> Iterator[None]:
         _current_event.reset(token)
 
 
-def user_point(user_id: str, state: InterestState, event_ts: float | None) -> UserPoint:
+def user_point(user_id: str, state: InterestState, published_at: float | None) -> UserPoint:
     """The Qdrant `users` point: the five vectors (absent ones omitted) and the payload."""
     vectors: dict[str, Any] = {c: state.vector(c) for c in CHANNELS}
     vectors["fused"] = state.fused()
@@ -77,10 +79,37 @@ def user_point(user_id: str, state: InterestState, event_ts: float | None) -> Us
             "seen_items": state.seen_items(),
             "first_ts": state.first_ts,
             "last_ts": state.last_ts,
-            "event_ts": event_ts,  # newest event of the batch that produced this point
+            # newest Kafka (publish) timestamp among the events behind this point
+            "published_at": published_at,
             "updated_at": time.time(),
         },
     )
+
+
+class Freshness:
+    """Publish time (Kafka timestamp) -> vector visible in Qdrant, for the newest event
+    behind each upserted point.
+
+    Keeps the last `size` observations for /healthz percentiles (Prometheus histograms
+    come with the metrics).
+    """
+
+    def __init__(self, size: int = 10_000) -> None:
+        self.recent: deque[float] = deque(maxlen=size)
+        self.count = 0
+
+    def observe(self, points: list[UserPoint], visible_at: float) -> None:
+        for p in points:
+            ts = p.payload.get("published_at")
+            if ts is not None:
+                self.recent.append(visible_at - float(ts))
+                self.count += 1
+
+    def summary(self) -> dict[str, float | int | None]:
+        if not self.recent:
+            return {"count": self.count, "p50_s": None, "p99_s": None}
+        q = np.quantile(np.fromiter(self.recent, float), [0.5, 0.99])
+        return {"count": self.count, "p50_s": round(q[0], 4), "p99_s": round(q[1], 4)}
 
 
 @dataclass
@@ -92,6 +121,7 @@ class Runtime:
     sink: QdrantSink
     queue: SyncQueue
     items: ItemCache
+    freshness: Freshness
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     stop: asyncio.Event = field(default_factory=asyncio.Event)
     parked: dict[str, tuple[str, int]] = field(default_factory=dict)  # user -> (topic, part)
@@ -128,7 +158,8 @@ def create_app(settings: Settings, encoder: TextEncoder, sink: QdrantSink) -> fa
         return await asyncio.get_running_loop().run_in_executor(executor, fn, *args)
 
     items = ItemCache(sink, settings.item_cache_size, run_blocking)
-    queue = SyncQueue(sink, executor=executor)
+    freshness = Freshness()
+    queue = SyncQueue(sink, executor=executor, on_flushed=freshness.observe)
     processor = Processor(
         encoder,
         items,
@@ -137,7 +168,7 @@ def create_app(settings: Settings, encoder: TextEncoder, sink: QdrantSink) -> fa
         park_max_per_user=settings.park_max_per_user,
         dedupe_window=settings.dedupe_window,
     )
-    rt = Runtime(settings, processor, sink, queue, items)
+    rt = Runtime(settings, processor, sink, queue, items, freshness)
     app.runtime = rt  # type: ignore[attr-defined]
 
     table = app.Table(
@@ -167,8 +198,8 @@ def create_app(settings: Settings, encoder: TextEncoder, sink: QdrantSink) -> fa
             await dlq.send(key=dl.message.key, value=dl.to_bytes())
         for user in res.deleted:
             queue.mark_deleted(user)
-        for user, ts in res.updated.items():
-            queue.mark(user_point(user, res.writes[user].record.state, ts))
+        for user in res.updated:
+            queue.mark(user_point(user, res.writes[user].record.state, res.published.get(user)))
 
     @app.agent(source)
     async def consume(stream: faust.StreamT) -> None:
@@ -285,6 +316,32 @@ def create_app(settings: Settings, encoder: TextEncoder, sink: QdrantSink) -> fa
             }
         )
 
+    @app.page("/recommendations/{user_id}")
+    async def recommendations(web: Any, request: Any, user_id: str) -> Any:
+        """Items nearest to the user's fused vector, seen items left out (issue 6 extends
+        this with granularities, negatives, cold start and calibrated scores)."""
+        try:
+            k = int(request.query.get("k", "10"))
+            if not 1 <= k <= 100:
+                raise ValueError
+        except ValueError:
+            return web.json({"error": "k must be an integer in 1..100"}, status=400)
+        raw = table.get(user_id.encode())
+        record = None if raw is None else UserRecord.from_bytes(raw, processor.params)
+        fused = None if record is None or record.erased else record.state.fused()
+        if fused is None:
+            return web.json({"error": f"unknown user {user_id!r}"}, status=404)
+        hits = await run_blocking(sink.nearest_items, fused, k, record.state.seen_items())
+        return web.json(
+            {
+                "user_id": user_id,
+                "items": [
+                    {"item_id": i, "title": p.get("title"), "score": round(score, 4)}
+                    for i, score, p in hits
+                ],
+            }
+        )
+
     @app.on_before_shutdown.connect
     async def _stop(app: faust.App, **kwargs: Any) -> None:
         await items.flush()
@@ -313,5 +370,6 @@ def status(app: faust.App) -> dict[str, Any]:
             "deleted": rt.queue.deleted,
             "failures": rt.queue.failures,
         },
+        "freshness": rt.freshness.summary(),
         "recovered": app.tables.recovery.completed.is_set(),
     }

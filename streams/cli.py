@@ -100,13 +100,9 @@ def _print_encoded(text: str, r: Any) -> None:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    """For now: the encoder on the seed sentence (later issues make this the streaming demo)."""
-    enc = _encoder(args)
-    text = args.text or SEED_SENTENCE
-    r = enc.encode([text], kind="passage")[0]
-    print(f"interest-stream demo: {enc.spec.name} ({enc.precision}) on {enc.provider}")
-    _print_encoded(text, r)
-    return 0
+    from streams.demo import run_demo
+
+    return run_demo(Path(args.data_dir), users=args.users, model=args.model)
 
 
 def _iso(ts: float | None) -> str:
@@ -266,9 +262,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default=None)
     p.set_defaults(func=cmd_up)
 
-    p = sub.add_parser("demo", help="run the demo")
-    p.add_argument("--text", default=None, help=f"default: {SEED_SENTENCE}")
-    _add_encoder_options(p)
+    p = sub.add_parser("demo", help="broker, worker, sample replay, recommendations, stop")
+    p.add_argument("--data-dir", default="data/demo", help="wiped and rebuilt on each run")
+    p.add_argument("--users", type=int, default=15, help="MovieLens users in the sample")
+    p.add_argument("--model", choices=sorted(MODELS), default=DEFAULT_MODEL)
     p.set_defaults(func=cmd_demo)
     return parser
 

@@ -8,8 +8,8 @@ itself is never imported (it would pull torch). Install it with
 Mapping, one MovieLens rating -> one click:
   event_id "ml-{user}-{item}", user_id "u{user}", item_id "{item}", ts = rating time, rating.
 One item line per movie: item_id "{item}", title (a trailing English article moved to
-the front: "Usual Suspects, The" -> "The Usual Suspects"), body "Released 1977. Genres:
-Action, Sci-Fi.", tags = lowercase genres, ts = the movie's first rating in the whole
+the front: "Usual Suspects, The" -> "The Usual Suspects"), body = the genres ("Action,
+Sci-Fi"), tags = lowercase genres, ts = the movie's first rating in the whole
 data set. Items come first, then clicks in time order (ties by user, then item).
 """
 
@@ -53,14 +53,9 @@ class Movie:
     genres: tuple[str, ...]
 
     def event(self, ts: float | None) -> dict[str, Any]:
-        body = " ".join(
-            part
-            for part in (
-                f"Released {self.year}." if self.year else "",
-                f"Genres: {', '.join(self.genres)}." if self.genres else "",
-            )
-            if part
-        )
+        # only the genres: boilerplate such as "Released 1977. Genres:" would top every
+        # user's terms, since every item repeats it
+        body = ", ".join(self.genres)
         out: dict[str, Any] = {"type": "item", "item_id": self.item_id, "title": self.title}
         if body:
             out["body"] = body
@@ -201,7 +196,7 @@ def movielens_events(
     (272, 272)
     >>> star_wars = next(e for e in ev if e["item_id"] == "50")
     >>> star_wars["title"], star_wars["body"], star_wars["ts"]
-    ('Star Wars', 'Released 1977. Genres: Action, Adventure, Romance, Sci-Fi, War.', 874729750.0)
+    ('Star Wars', 'Action, Adventure, Romance, Sci-Fi, War', 874729750.0)
     >>> [ev[272][k] for k in ("event_id", "user_id", "item_id", "ts", "rating")]
     ['ml-1-168', 'u1', '168', 874965478.0, 5]
     """

@@ -6,9 +6,10 @@ Besides `InterestState` (vectors, terms, items, counters, input offsets), a reco
 - clicks parked until their item arrives, with the original message for the dead-letter
   topic should it never come. They live in the same record as the state, so parking,
   applying and forgetting a click are each one atomic table write;
-- `erased`: the user was deleted. The record then holds offsets only (no vectors, terms,
-  items or ids), so messages from before the deletion that Kafka re-delivers after a crash
-  are recognised as replays instead of bringing the user back.
+- `erased_at`: the user was deleted (at that Kafka timestamp). The record then holds offsets
+  only (no vectors, terms, items or ids), so messages from before the deletion that Kafka
+  re-delivers after a crash, or that arrive late from another topic, are recognised instead
+  of bringing the user back.
 
 Layout: b"UR1", u32 state length, state bytes, u16 id count, u64 hashes, then JSON (UTF-8)
 of the parked clicks and flags. A record too short, of an unknown version or with
@@ -80,7 +81,8 @@ class UserRecord:
     state: InterestState
     recent_ids: list[int] = field(default_factory=list)  # event hashes, oldest first
     parked: list[ParkedClick] = field(default_factory=list)
-    erased: bool = False
+    erased_at: float | None = None  # Kafka timestamp of the latest deletion; None: never
+    erased: bool = False  # deleted, and nothing applied since
 
     @classmethod
     def new(cls, dim: int, params: StateParams) -> UserRecord:
@@ -96,19 +98,34 @@ class UserRecord:
             del self.recent_ids[:-window]
         return False
 
-    def erase(self) -> None:
-        """Forget everything about the user except which input offsets were handled."""
+    def erase(self, at: float | None) -> None:
+        """Forget everything about the user except which input offsets were handled and when
+        the deletion was published (None: unknown, then only offsets protect)."""
         offsets = self.state._offsets
         self.state = InterestState(self.state.dim, self.state.params)
         self.state._offsets = dict(offsets)
         self.recent_ids = []
         self.parked = []
         self.erased = True
+        if at is not None:
+            self.erased_at = max(at, self.erased_at or at)
+
+    def erased_before(self, published_at: float | None) -> bool:
+        """True for an event published no later than the user's deletion."""
+        return (
+            self.erased_at is not None
+            and published_at is not None
+            and published_at <= self.erased_at
+        )
 
     def to_bytes(self) -> bytes:
         state = self.state.to_bytes()
         tail = json.dumps(
-            {"parked": [p.to_json() for p in self.parked], "erased": self.erased},
+            {
+                "parked": [p.to_json() for p in self.parked],
+                "erased": self.erased,
+                "erased_at": self.erased_at,
+            },
             separators=(",", ":"),
         ).encode()
         ids = struct.pack(f"<H{len(self.recent_ids)}Q", len(self.recent_ids), *self.recent_ids)
@@ -150,6 +167,7 @@ class UserRecord:
             tail = json.loads(data[at:])
             parked = [ParkedClick.from_json(p) for p in tail["parked"]]
             erased = bool(tail["erased"])
+            erased_at = None if tail["erased_at"] is None else float(tail["erased_at"])
         except (ValueError, KeyError, TypeError) as err:
             raise RecordDecodeError(f"user record has a bad tail: {err}") from None
-        return cls(state, ids, parked, erased)
+        return cls(state, ids, parked, erased_at, erased)

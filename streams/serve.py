@@ -2,12 +2,13 @@
 
 Runs in the foreground; Ctrl-C (or SIGTERM) stops the worker, flushes pending Qdrant
 writes, and stops the embedded broker. The embedded broker keeps its log in memory:
-stopping `up` loses the events (the state in the data directory stays).
+stopping `up` loses the events, so the next embedded `up` starts from empty state too.
 """
 
 from __future__ import annotations
 
 import logging
+import shutil
 import sys
 
 from streams.config import Settings
@@ -31,6 +32,7 @@ def serve(settings: Settings, embedded: bool) -> int:
             broker = EmbeddedBroker(int(port), log_path=settings.data_dir / "broker.log")
             broker.start()
             print(f"embedded broker (Tansu, in-memory log) on {broker.bootstrap}", flush=True)
+            _forget_previous_run(settings)
         ensure_topics(settings.broker, settings.partitions)
     except (BrokerError, OSError) as err:
         print(f"error: broker {settings.broker}: {err}", file=sys.stderr)
@@ -56,6 +58,20 @@ def serve(settings: Settings, embedded: bool) -> int:
     finally:
         if broker:
             broker.stop()
+
+
+def _forget_previous_run(settings: Settings) -> None:
+    """State from an earlier run belongs to a log the in-memory broker no longer has: its
+    offsets would make the new log's first events look like replays. Start clean."""
+    stale = [d for d in (settings.table_dir, settings.qdrant_path) if d.exists()]
+    for d in stale:
+        shutil.rmtree(d)
+    if stale:
+        print(
+            "the embedded broker starts with an empty log, so the previous run's state was"
+            f" cleared ({', '.join(str(d) for d in stale)}); use --broker for a durable Kafka",
+            flush=True,
+        )
 
 
 def _run_worker(settings: Settings, encoder: object, sink: object) -> int:

@@ -392,6 +392,24 @@ class QdrantSink:
                     self._check(collection)
             if not self.local:  # local mode has no payload indexes (it warns if asked)
                 self._ensure_indexes()
+            else:
+                self._tune_local_storage()
+
+    def _tune_local_storage(self) -> None:
+        """Local mode commits one sqlite transaction per point, with an fsync each: half of
+        an upsert's time. WAL with synchronous=NORMAL commits without fsync yet survives a
+        killed process (an OS crash may lose the last commits: Qdrant is a view the worker
+        rebuilds from its table on start). Reaches into qdrant-client's local storage, so
+        anything unexpected there just leaves the defaults."""
+        try:
+            collections = self.client._client.collections  # type: ignore[union-attr]
+            conns = [c.storage.storage for c in collections.values() if c.storage is not None]
+        except AttributeError:
+            log.debug("qdrant-client local storage not as expected; sqlite left as it is")
+            return
+        for conn in conns:
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")
 
     def _ensure_indexes(self) -> None:
         for collection, key in _INDEXES:
@@ -456,6 +474,28 @@ class QdrantSink:
             vectors = r.vector if isinstance(r.vector, dict) else {}
             out[user_id] = ({k: list(v) for k, v in vectors.items()}, dict(r.payload or {}))
         return out
+
+    def nearest_items(
+        self, vector: Any, k: int = 10, exclude: Iterable[str] = ()
+    ) -> list[tuple[str, float, dict[str, Any]]]:
+        """(item_id, cosine, payload) of the k items nearest to `vector`, `exclude`d ids left
+        out; one query. The payload's cached text vectors are not returned."""
+        a = _vector(vector, self.dim, "query")
+        if a is None:
+            return []
+        skip = [item_point_id(i) for i in exclude]
+        flt = models.Filter(must_not=[models.HasIdCondition(has_id=skip)]) if skip else None
+        with self._lock:
+            res = self.client.query_points(
+                ITEMS,
+                query=a.tolist(),
+                using=ITEM_VECTOR,
+                limit=k,
+                query_filter=flt,
+                with_payload=models.PayloadSelectorExclude(exclude=["text"]),
+            )
+        hits = [(r.payload or {}, r.score) for r in res.points]
+        return [(str(payload.get("item_id")), score, payload) for payload, score in hits]
 
     def count(self, collection: str) -> int:
         with self._lock:

@@ -116,6 +116,8 @@ class BatchResult:
     writes: dict[str, Write] = field(default_factory=dict)
     dead_letters: list[DeadLetter] = field(default_factory=list)
     updated: dict[str, float] = field(default_factory=dict)  # user -> newest event time applied
+    # user -> newest Kafka timestamp (publish time) among the messages applied: freshness
+    published: dict[str, float] = field(default_factory=dict)
     deleted: set[str] = field(default_factory=set)
     counts: Counter[str] = field(default_factory=Counter)
 
@@ -126,9 +128,9 @@ Loader = Callable[[str, Message], Awaitable[bytes | None] | bytes | None]
 class Processor:
     """Turns micro-batches into state changes; keeps running totals in `totals`.
 
-    Totals: consumed = applied + duplicates + dead_lettered + parked (clicks waiting for
-    their item) + items + deletes, for every batch; parked clicks later move to applied or
-    dead_lettered through `resume`.
+    Totals: consumed = applied + duplicates + erased (published before their user's
+    deletion) + dead_lettered + parked (clicks waiting for their item) + items + deletes,
+    for every batch; parked clicks later move to applied or dead_lettered (`resume`).
     """
 
     def __init__(
@@ -191,26 +193,19 @@ class Processor:
         rows: list[tuple[str, EncodedEvent]] = []
         for user, evs in by_user.items():
             record = await self._load(load, user, evs[0][0])
-            changed = False
+            record, changed = self._delete_first(user, record, evs, res)
             user_rows: list[tuple[str, EncodedEvent]] = []
             for m, e in evs:
                 if isinstance(e, DeleteEvent):
-                    record = record or UserRecord.new(self.dim, self.params)
-                    if not record.state.claim(m.topic, m.partition, m.offset):
-                        res.counts["duplicates"] += 1
-                        continue
-                    record.erase()
-                    user_rows.clear()  # erased together with what came before
-                    res.updated.pop(user, None)
-                    res.deleted.add(user)
-                    res.counts["deletes"] += 1
-                    changed = True
                     continue
                 record = record or UserRecord.new(self.dim, self.params)
                 if not record.state.claim(m.topic, m.partition, m.offset):
                     res.counts["duplicates"] += 1  # a re-delivered offset
                     continue
                 changed = True
+                if record.erased_before(m.timestamp):
+                    res.counts["erased"] += 1  # published before the user's deletion
+                    continue
                 if record.seen_event(e.event_id, self.dedupe_window):
                     res.counts["duplicates"] += 1  # the same event published twice
                     continue
@@ -222,16 +217,49 @@ class Processor:
                 if text is None and isinstance(e, ClickEvent):
                     self._park(record, m, e, res)
                     continue
-                record.erased = False
                 user_rows.append((user, encoded_event(e, text)))
+                if m.timestamp is not None:
+                    res.published[user] = max(res.published.get(user, 0.0), m.timestamp)
             rows += user_rows
             if user_rows:
-                res.deleted.discard(user)  # events after a deletion start afresh
+                record.erased = False  # events published after a deletion start afresh
+                res.deleted.discard(user)
             if changed:
                 res.writes[user] = Write(record, evs[-1][0])
         self._apply(rows, res)
         self.totals.update(res.counts)
         return res
+
+    def _delete_first(
+        self,
+        user: str,
+        record: UserRecord | None,
+        evs: list[tuple[Message, Any]],
+        res: BatchResult,
+    ) -> tuple[UserRecord | None, bool]:
+        """Apply the batch's deletions of `user` before its events.
+
+        Kafka orders messages within a partition only, and deletions come on their own
+        topic, so a deletion may arrive before events that were published earlier. The
+        rule is by publish time (Kafka timestamp): a deletion erases every event of the
+        user published up to it, whenever it arrives; later events start a new profile.
+        A re-delivered deletion (offset already handled) does nothing.
+        """
+        fresh = []
+        for m, e in evs:
+            if isinstance(e, DeleteEvent):
+                record = record or UserRecord.new(self.dim, self.params)
+                if record.state.claim(m.topic, m.partition, m.offset):
+                    fresh.append(m.timestamp)
+                else:
+                    res.counts["duplicates"] += 1
+        if not fresh:
+            return record, False
+        assert record is not None
+        record.erase(max((t for t in fresh if t is not None), default=None))
+        res.deleted.add(user)
+        res.counts["deletes"] += len(fresh)
+        return record, True
 
     def _validate(self, messages: Iterable[Message], res: BatchResult) -> list[tuple[Message, Any]]:
         parsed = []
@@ -382,7 +410,6 @@ class Processor:
                         continue
                     assert isinstance(e, ClickEvent)
                     rows.append((user, encoded_event(e, known[p.item_id])))
-                    record.erased = False
                 elif now - p.parked_at > self.park_max_wait_s:
                     reason = f"item {p.item_id!r} not seen within {self.park_max_wait_s:g} s"
                     res.dead_letters.append(DeadLetter(msg, reason, "ItemNotFound"))

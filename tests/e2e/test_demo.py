@@ -1,4 +1,5 @@
-"""`interest-stream demo` as the README runs it (after `make demo` has installed things)."""
+"""`interest-stream demo` as the README runs it (after `make demo` has installed things):
+embedded broker, worker, sample replay, users' terms and nearest items, clean stop."""
 
 from __future__ import annotations
 
@@ -10,17 +11,27 @@ from pathlib import Path
 
 import pytest
 
-SEED = "我爱看电影，特别喜欢科幻片和动作片。"
-
 
 @pytest.mark.usefixtures("e5_exported")
-def test_demo_prints_vectors_of_the_seed_sentence() -> None:
+def test_demo_replays_the_sample_and_prints_recommendations(tmp_path) -> None:
     exe = shutil.which("interest-stream") or str(Path(sys.executable).parent / "interest-stream")
-    out = subprocess.run([exe, "demo"], capture_output=True, text=True, check=True, timeout=300)
+    out = subprocess.run(
+        [exe, "demo", "--data-dir", str(tmp_path / "demo")],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=600,
+    )
     text = out.stdout
-    assert "e5-small (int8) on CPUExecutionProvider" in text
-    assert SEED in text
-    words = re.search(r"words\s+(\d+) x 384\s+(.+)", text)
-    assert words and int(words.group(1)) >= 4 and "电影" in words.group(2)
-    assert re.search(r"sentences\s+1 x 384\s+norms \[\d+\.\d+\]", text)
-    assert re.search(r"document\s+384\s+norm \d+\.\d+", text)
+    assert "encoder e5-small (fp32) on CPUExecutionProvider" in text
+    published = int(re.search(r"published ([\d,]+) messages", text).group(1).replace(",", ""))
+    totals = re.search(r"worker totals: consumed ([\d,]+), applied ([\d,]+)", text)
+    assert totals and int(totals.group(1).replace(",", "")) == published > 3000
+    assert "dead_lettered 0" in text and "deletes 1" in text
+    # u2 searched for 霸王别姬 (Farewell My Concubine) and rated dramas
+    u2 = text.split("\nu2:\n")[1].split("\n\n")[0]
+    assert "drama" in u2.split("top terms:")[1].split("\n")[0]
+    assert len(re.findall(r"^    0\.\d{3}  \S", u2, flags=re.M)) == 5
+    # u999 asked to be deleted after three events
+    assert "u999:\n  no vectors" in text
+    assert re.search(r"done in \d+ s", text)

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from worker_process import WorkerProcess
 
 from streams.embedded import EmbeddedBroker, ensure_topics
+from streams.supervisor import WorkerProcess
 
 pytestmark = pytest.mark.integration
 
@@ -195,7 +195,8 @@ def test_a_malformed_mix_is_dead_lettered_with_reasons_and_counts_add_up(stack):
     t = h["totals"]
     assert t["dead_lettered"] - before.get("dead_lettered", 0) == len(bad)
     assert t["applied"] - before.get("applied", 0) == 1
-    handled = sum(t.get(k, 0) for k in ("applied", "duplicates", "dead_lettered", "parked"))
+    kinds = ("applied", "duplicates", "erased", "dead_lettered", "parked")
+    handled = sum(t.get(k, 0) for k in kinds)
     assert t["consumed"] == handled + t.get("items", 0) + t.get("deletes", 0)
     # the module's other dead letter is sample line 13, from the first test
     got = asyncio.run(consume_all(broker.bootstrap, "events.dlq", expect=len(bad) + 1))

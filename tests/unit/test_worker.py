@@ -93,10 +93,11 @@ TOPIC |= {"item": "items", "delete": "users.delete"}
 
 
 class Stream:
-    """Assigns offsets per topic as Kafka would (one partition each here)."""
+    """Assigns offsets per topic and publish timestamps as Kafka would (one partition each)."""
 
     def __init__(self) -> None:
         self.next: dict[str, int] = {}
+        self.clock = 1_700_000_000.0
 
     def msg(self, kind: str, key: str | None = None, **fields: Any) -> Message:
         topic = TOPIC[kind]
@@ -104,7 +105,8 @@ class Stream:
         self.next[topic] = offset + 1
         if key is None:
             key = fields.get("item_id") if kind == "item" else fields.get("user_id")
-        return Message(topic, 0, offset, key.encode(), json.dumps(fields).encode())
+        self.clock += 0.001
+        return Message(topic, 0, offset, key.encode(), json.dumps(fields).encode(), self.clock)
 
 
 def cos(a: np.ndarray, b: np.ndarray) -> float:
@@ -119,7 +121,7 @@ def run(proc: Processor, table: Table, messages: list[Message]):
 
 def invariant(proc: Processor) -> None:
     t = proc.totals
-    handled = t["applied"] + t["duplicates"] + t["dead_lettered"] + t["parked"]
+    handled = t["applied"] + t["duplicates"] + t["erased"] + t["dead_lettered"] + t["parked"]
     assert t["consumed"] == handled + t["items"] + t["deletes"], dict(t)
 
 
@@ -288,6 +290,22 @@ def test_a_text_the_encoder_rejects_is_dead_lettered_alone():
     assert res.counts["applied"] == 1
     assert [d.error for d in res.dead_letters] == ["EncodeError"]
     assert "cannot encode" in res.dead_letters[0].reason
+    invariant(proc)
+
+
+def test_a_deletion_arriving_before_earlier_published_events_still_erases_them():
+    """Deletions have their own topic: Kafka may deliver them before events published
+    earlier on other topics. Publish time decides, not arrival."""
+    proc, _, table, s = setup()
+    early = s.msg("search", event_id="e1", user_id="u1", ts=1.0, query="private thing")
+    delete = s.msg("delete", user_id="u1")
+    late = s.msg("search", event_id="e2", user_id="u1", ts=2.0, query="fresh start")
+    res = run(proc, table, [delete])
+    assert res.deleted == {"u1"}
+    res = run(proc, table, [early, late])  # the earlier event arrives after the deletion
+    assert res.counts["erased"] == 1 and res.counts["applied"] == 1
+    st = table.state("u1")
+    assert st.counts["search"] == 1 and [t for t, _ in st.top_terms()] == ["fresh", "start"]
     invariant(proc)
 
 

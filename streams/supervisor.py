@@ -1,7 +1,8 @@
-"""A real `interest-stream up` worker in a subprocess, for integration and reliability tests.
+"""Run `interest-stream up` as a child process and watch it through its HTTP endpoints.
 
-Talks to it only as a user would: its HTTP endpoints, the broker, and (once it stopped)
-its Qdrant directory.
+Used by the demo, the benchmarks and the integration/reliability tests, which all talk
+to the worker only as a user would: HTTP, the broker, and (once it stopped) Qdrant's
+directory.
 """
 
 from __future__ import annotations
@@ -62,7 +63,7 @@ class WorkerProcess:
             self.store,
         ]
         log = self.log_path.open("ab")
-        env = {**os.environ, "INTEREST_PARK_MAX_WAIT_S": "20", **self.env}
+        env = {**os.environ, **self.env}
         self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
