@@ -146,6 +146,7 @@ def create_app(settings: Settings, encoder: TextEncoder, sink: QdrantSink) -> fa
         broker_rebalance_timeout=3,
         broker_session_timeout=6,
         broker_heartbeat_interval=1,
+        broker_commit_interval=settings.commit_interval_s,
         stream_wait_empty=False,
         autodiscover=False,
         origin="streams.app",

@@ -39,6 +39,9 @@ class Settings(BaseSettings):
     park_max_wait_s: float = Field(default=60.0, ge=0)  # a click waits this long for its item
     park_max_per_user: int = Field(default=32, ge=0)  # parked clicks one user may hold
     dedupe_window: int = Field(default=128, ge=0)  # recent event ids remembered per user
+    # how often consumed offsets are committed; whatever was not committed is read again
+    # after a crash (and recognised as replayed: effectively once)
+    commit_interval_s: float = Field(default=2.8, gt=0)
     log_level: Literal["crit", "error", "warn", "info", "debug"] = "info"
 
     @field_validator("broker")

@@ -294,6 +294,9 @@ class Processor:
         fresh = [
             (m, e) for m, e in latest.values() if not self.items.is_current(e.item_id, e.text())
         ]
+        if fresh:  # after a restart the cache is cold: what the store has may be current
+            await self.items.get([e.item_id for _, e in fresh])
+            fresh = [(m, e) for m, e in fresh if not self.items.is_current(e.item_id, e.text())]
         if not fresh:
             return
         encoded = await self._encode([e.text() for _, e in fresh], "passage")

@@ -92,7 +92,9 @@ def stack(tmp_path_factory, e5_exported):
     tmp = tmp_path_factory.mktemp("pipeline")
     with EmbeddedBroker(log_path=tmp / "tansu.log") as broker:
         ensure_topics(broker.bootstrap, 2)
-        worker = WorkerProcess(broker.bootstrap, tmp / "data").start()
+        worker = WorkerProcess(
+            broker.bootstrap, tmp / "data", env={"INTEREST_COMMIT_INTERVAL_S": "3600"}
+        ).start()
         try:
             yield broker, worker
         finally:
@@ -226,6 +228,53 @@ def test_deleting_a_user_removes_state_and_points(stack):
     worker.wait_idle(consumed=before + n + 1)
     assert worker.get(f"/users/{user}/vectors")[0] == 404
     assert worker.get("/users/kept-user/vectors")[0] == 200
+
+
+def test_table_writes_land_in_the_changelog_partition_of_the_users_partition(stack):
+    broker, _ = stack
+    users = {"u1", "u2", "dup-user", "mix-user", "kept-user", "gone-user"}
+    source: dict[str, set[int]] = {}
+    for topic in ("events.click", "events.search", "users.delete"):
+        for m in asyncio.run(consume_all(broker.bootstrap, topic, expect=10**9, timeout=3)):
+            if m.key and m.key.decode() in users:
+                source.setdefault(m.key.decode(), set()).add(m.partition)
+    changelog = asyncio.run(
+        consume_all(broker.bootstrap, "interest-stream-users-changelog", expect=10**9, timeout=3)
+    )
+    written: dict[str, set[int]] = {}
+    for m in changelog:
+        if m.key.decode() in users:
+            written.setdefault(m.key.decode(), set()).add(m.partition)
+    assert set(written) == users
+    for user in users:
+        assert len(source[user]) == 1, (user, source[user])  # keyed: one partition a user
+        assert written[user] == source[user], user
+
+
+def test_a_crash_and_restart_that_reads_everything_again_changes_nothing(stack):
+    """The module's worker never commits offsets (INTEREST_COMMIT_INTERVAL_S=3600), so
+    after kill -9 the restarted worker reads every message again."""
+    from streams.embedded import INPUT_TOPICS
+
+    broker, worker = stack
+    users = ["u1", "u2", "dup-user", "mix-user", "kept-user"]
+    before = {u: worker.get(f"/users/{u}/vectors")[1] for u in users}
+    dead_before = worker.health()["totals"]["dead_lettered"]
+    worker.kill()
+    worker.start()
+    total = sum(
+        len(asyncio.run(consume_all(broker.bootstrap, t, expect=10**9, timeout=2)))
+        for t in INPUT_TOPICS
+    )
+    h = worker.wait_idle(consumed=total)
+    t = h["totals"]
+    # valid events are all recognised; invalid ones are dead-lettered again (the DLQ is
+    # at-least-once: (topic, partition, offset) identifies a dead letter)
+    assert t.get("applied", 0) == 0 and t["dead_lettered"] == dead_before, t
+    for u in users:
+        after = worker.get(f"/users/{u}/vectors")[1]
+        assert after["vectors"] == before[u]["vectors"] and after["counts"] == before[u]["counts"]
+    assert worker.get("/users/gone-user/vectors")[0] == 404
 
 
 def test_after_a_clean_stop_qdrant_holds_every_user_but_the_deleted_one(stack):
