@@ -12,8 +12,6 @@ from typing import Any
 
 from encoders.models import DEFAULT_MODEL, MODELS, PRECISIONS
 
-SEED_SENTENCE = "我爱看电影，特别喜欢科幻片和动作片。"
-
 
 def _round(vectors: Any, digits: int = 6) -> Any:
     return [[round(float(x), digits) for x in row] for row in vectors]
