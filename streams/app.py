@@ -23,6 +23,7 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import faust
@@ -31,6 +32,7 @@ from faust.streams import _current_event
 
 from streams.config import Settings
 from streams.embedded import DLQ_TOPIC, INPUT_TOPICS
+from streams.fusion import fuse
 from streams.items import ItemCache
 from streams.record import UserRecord
 from streams.sink import QdrantSink, SyncQueue, UserPoint
@@ -67,8 +69,9 @@ def partition_context(topic: str, partition: int) -> Iterator[None]:
 
 def user_point(user_id: str, state: InterestState, published_at: float | None) -> UserPoint:
     """The Qdrant `users` point: the five vectors (absent ones omitted) and the payload."""
-    vectors: dict[str, Any] = {c: state.vector(c) for c in CHANNELS}
-    vectors["fused"] = state.fused()
+    unit, present = state.vectors(), state.present()  # one normalisation for all channels
+    vectors: dict[str, Any] = {c: unit[g] if present[g] else None for g, c in enumerate(CHANNELS)}
+    vectors["fused"] = fuse(unit[:3], present[:3], state.params.alphas)
     return UserPoint(
         user_id=user_id,
         vectors=vectors,
@@ -189,7 +192,7 @@ def create_app(settings: Settings, encoder: TextEncoder, sink: QdrantSink) -> fa
     async def commit(res: BatchResult) -> None:
         for user, w in res.writes.items():
             with partition_context(w.context.topic, w.context.partition):
-                table[user.encode()] = w.record.to_bytes()
+                table[user.encode()] = w.data
             if w.record.parked:
                 p = w.record.parked[0]
                 rt.parked[user] = (p.topic, p.partition)
@@ -199,8 +202,9 @@ def create_app(settings: Settings, encoder: TextEncoder, sink: QdrantSink) -> fa
             await dlq.send(key=dl.message.key, value=dl.to_bytes())
         for user in res.deleted:
             queue.mark_deleted(user)
-        for user in res.updated:
-            queue.mark(user_point(user, res.writes[user].record.state, res.published.get(user)))
+        for user in res.updated:  # points are built when written: once per flush, not batch
+            state, published = res.writes[user].record.state, res.published.get(user)
+            queue.mark_later(user, partial(user_point, user, state, published))
 
     @app.agent(source)
     async def consume(stream: faust.StreamT) -> None:

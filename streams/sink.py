@@ -554,8 +554,9 @@ class SyncQueue:
         self.deleted = 0  # users deleted
         self.failures = 0  # failed write calls
         self.last_flush_s = 0.0  # duration of the last successful write call
-        self._points: dict[str, UserPoint] = {}
+        self._points: dict[str, UserPoint | Callable[[], UserPoint]] = {}
         self._deletes: dict[str, None] = {}  # an ordered set
+        self.dropped = 0  # lazily built points that failed to build (a bug: logged)
         self._in_flight = 0
         self._failed_in_row = 0
         self._outage_since: float | None = None
@@ -580,6 +581,32 @@ class SyncQueue:
         self._points[point.user_id] = point
         self._wake.set()
 
+    def mark_later(self, user_id: str, build: Callable[[], UserPoint]) -> None:
+        """Queue a user whose point is built when it is written, from the state then.
+
+        A user changed by several micro-batches before the next write costs one point, not
+        one per batch; `build` runs on the event loop (it may read state the loop owns).
+        """
+        self._deletes.pop(user_id, None)
+        self._points[user_id] = build
+        self._wake.set()
+
+    def _build(self, taken: dict[str, UserPoint | Callable[[], UserPoint]]) -> dict[str, UserPoint]:
+        points: dict[str, UserPoint] = {}
+        for user_id, p in taken.items():
+            if not callable(p):
+                points[user_id] = p
+                continue
+            try:
+                point = p()
+                _user_parts(point, self.sink.dim)
+            except Exception:
+                log.exception("building the Qdrant point of user %r failed; skipped", user_id)
+                self.dropped += 1
+                continue
+            points[user_id] = point
+        return points
+
     def mark_deleted(self, user_id: str) -> None:
         """Queue a user's deletion (cancels a pending state of that user)."""
         self._points.pop(user_id, None)
@@ -600,8 +627,9 @@ class SyncQueue:
         async with self._busy:
             if not self._points and not self._deletes:
                 return True
-            points, deletes = self._points, self._deletes
+            taken, deletes = self._points, self._deletes
             self._points, self._deletes = {}, {}
+            points = self._build(taken)
             self._in_flight = len(points) + len(deletes)
             self._wake.clear()
             if self._executor is None:

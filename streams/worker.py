@@ -22,7 +22,7 @@ import base64
 import json
 import logging
 import time
-from collections import Counter
+from collections import Counter, OrderedDict
 from collections.abc import Awaitable, Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -104,11 +104,12 @@ class ItemStore(Protocol):
 
 @dataclass
 class Write:
-    """A user's new record; `context` is a message of the user's partition, so the table
-    write lands in that partition's changelog."""
+    """A user's new record and its bytes; `context` is a message of the user's partition,
+    so the table write lands in that partition's changelog."""
 
     record: UserRecord
     context: Message
+    data: bytes = b""
 
 
 @dataclass
@@ -142,6 +143,7 @@ class Processor:
         park_max_wait_s: float = 60.0,
         park_max_per_user: int = 32,
         dedupe_window: int = 128,
+        record_cache_size: int = 10_000,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.encoder = encoder
@@ -152,6 +154,11 @@ class Processor:
         self.dedupe_window = dedupe_window
         self.clock = clock
         self.totals: Counter[str] = Counter()
+        # decoded records of recently active users, with the bytes they were decoded from:
+        # a user in consecutive batches is not decoded again as long as the table still
+        # holds exactly those bytes
+        self.record_cache_size = record_cache_size
+        self._records: OrderedDict[str, tuple[bytes, UserRecord]] = OrderedDict()
 
     @property
     def dim(self) -> int:
@@ -160,6 +167,24 @@ class Processor:
     # -- one batch --------------------------------------------------------------------------
 
     async def process(self, messages: Sequence[Message], load: Loader) -> BatchResult:
+        try:
+            res = await self._process(messages, load)
+        except BaseException:
+            self._records.clear()  # cached records may hold half-applied changes
+            raise
+        self._seal(res)
+        return res
+
+    def _seal(self, res: BatchResult) -> None:
+        """Encode the batch's records once, for the table and the cache."""
+        for user, w in res.writes.items():
+            w.data = w.record.to_bytes()
+            self._records[user] = (w.data, w.record)
+            self._records.move_to_end(user)
+        while len(self._records) > self.record_cache_size:
+            self._records.popitem(last=False)
+
+    async def _process(self, messages: Sequence[Message], load: Loader) -> BatchResult:
         res = BatchResult()
         res.counts["consumed"] = len(messages)
         parsed = self._validate(messages, res)
@@ -333,7 +358,12 @@ class Processor:
         if asyncio.iscoroutine(raw) or isinstance(raw, Awaitable):
             raw = await raw
         if raw is None:
+            self._records.pop(user, None)
             return None
+        hit = self._records.get(user)
+        if hit is not None and hit[0] == raw:
+            self._records.move_to_end(user)
+            return hit[1]
         try:
             return UserRecord.from_bytes(raw, self.params)
         except RecordDecodeError:
@@ -425,4 +455,5 @@ class Processor:
         self._apply(rows, res)
         res.counts["parked"] = -(len(rows) + res.counts["dead_lettered"])  # moved on
         self.totals.update(res.counts)
+        self._seal(res)
         return res

@@ -82,7 +82,8 @@ class Table:
 
     def commit(self, res) -> None:
         for user, w in res.writes.items():
-            self.rows[user] = w.record.to_bytes()
+            assert w.data == w.record.to_bytes()
+            self.rows[user] = w.data
 
     def state(self, user: str) -> InterestState:
         return UserRecord.from_bytes(self.rows[user], PARAMS).state
