@@ -59,15 +59,15 @@ class FlakySink(QdrantSink):
         self.entered = threading.Event()  # set once a write has started
         self.batches: list[list[str]] = []
 
-    def upsert_users(self, points) -> None:
+    def upsert_user_structs(self, structs) -> None:
         self.entered.set()
         if self.gate is not None:
             self.gate.wait(5)
         if self.down > 0:
             self.down -= 1
             raise ConnectionError("Qdrant is down (simulated)")
-        super().upsert_users(points)
-        self.batches.append([p.user_id for p in points])
+        super().upsert_user_structs(structs)
+        self.batches.append([s.payload["user_id"] for s in structs])
 
 
 @pytest.fixture
