@@ -30,10 +30,12 @@ import faust
 import numpy as np
 from faust.streams import _current_event
 
+from streams.api import ApiError, Calibration, ReadSide
 from streams.config import Settings
 from streams.embedded import DLQ_TOPIC, INPUT_TOPICS
 from streams.fusion import fuse
 from streams.items import ItemCache
+from streams.popularity import Popularity
 from streams.record import UserRecord
 from streams.sink import QdrantSink, SyncQueue, UserPoint
 from streams.state import CHANNELS, InterestState
@@ -158,8 +160,9 @@ def create_app(settings: Settings, encoder: TextEncoder, sink: QdrantSink) -> fa
     # one thread for every Qdrant call: qdrant-client's local mode is not thread-safe
     executor = ThreadPoolExecutor(1, thread_name_prefix="qdrant")
 
-    async def run_blocking(fn: Any, *args: Any) -> Any:
-        return await asyncio.get_running_loop().run_in_executor(executor, fn, *args)
+    async def run_blocking(fn: Any, *args: Any, **kwargs: Any) -> Any:
+        call = partial(fn, *args, **kwargs)
+        return await asyncio.get_running_loop().run_in_executor(executor, call)
 
     items = ItemCache(sink, settings.item_cache_size, run_blocking)
     freshness = Freshness()
@@ -173,6 +176,7 @@ def create_app(settings: Settings, encoder: TextEncoder, sink: QdrantSink) -> fa
         dedupe_window=settings.dedupe_window,
     )
     rt = Runtime(settings, processor, sink, queue, items, freshness)
+    popularity = Popularity(settings.popularity_half_life_s)
     app.runtime = rt  # type: ignore[attr-defined]
 
     table = app.Table(
@@ -200,6 +204,8 @@ def create_app(settings: Settings, encoder: TextEncoder, sink: QdrantSink) -> fa
                 rt.parked.pop(user, None)
         for dl in res.dead_letters:
             await dlq.send(key=dl.message.key, value=dl.to_bytes())
+        for item_id, ts in res.clicked:
+            popularity.add(item_id, ts)
         for user in res.deleted:
             queue.mark_deleted(user)
         for user in res.updated:  # points are built when written: once per flush, not batch
@@ -321,31 +327,45 @@ def create_app(settings: Settings, encoder: TextEncoder, sink: QdrantSink) -> fa
             }
         )
 
-    @app.page("/recommendations/{user_id}")
-    async def recommendations(web: Any, request: Any, user_id: str) -> Any:
-        """Items nearest to the user's fused vector, seen items left out (issue 6 extends
-        this with granularities, negatives, cold start and calibrated scores)."""
-        try:
-            k = int(request.query.get("k", "10"))
-            if not 1 <= k <= 100:
-                raise ValueError
-        except ValueError:
-            return web.json({"error": "k must be an integer in 1..100"}, status=400)
-        raw = table.get(user_id.encode())
-        record = None if raw is None else UserRecord.from_bytes(raw, processor.params)
-        fused = None if record is None or record.erased else record.state.fused()
-        if fused is None:
-            return web.json({"error": f"unknown user {user_id!r}"}, status=404)
-        hits = await run_blocking(sink.nearest_items, fused, k, record.state.seen_items())
-        return web.json(
-            {
-                "user_id": user_id,
-                "items": [
-                    {"item_id": i, "title": p.get("title"), "score": round(score, 4)}
-                    for i, score, p in hits
-                ],
-            }
-        )
+    def load_any(user: str) -> UserRecord | None:
+        raw = table.get(user.encode())  # no event context: any partition's store
+        return None if raw is None else UserRecord.from_bytes(raw, processor.params)
+
+    read = ReadSide(
+        sink,
+        run_blocking,
+        load_any,
+        popularity,
+        Calibration(settings.calibration_beta, settings.calibration_bias),
+        settings.cold_start_min_events,
+    )
+
+    def json_view(handler: Any) -> Any:
+        """Run a read-side call; ApiError -> its status with {"error": message}."""
+
+        async def view(web: Any, request: Any, **kwargs: Any) -> Any:
+            try:
+                doc = handler(request, **kwargs)
+                if asyncio.iscoroutine(doc):
+                    doc = await doc
+            except ApiError as err:
+                return web.json({"error": err.message}, status=err.status)
+            except Exception:
+                log.exception("%s %s failed", request.method, request.path)
+                return web.json({"error": "internal error (logged by the worker)"}, status=500)
+            return web.json(doc)
+
+        return view
+
+    app.page("/recommendations/{user_id}", name="recommendations")(
+        json_view(lambda request, user_id: read.recommendations(user_id, dict(request.query)))
+    )
+    app.page("/users/{user_id}/interests", name="interests")(
+        json_view(lambda request, user_id: read.interests(user_id))
+    )
+    app.page("/users/{user_id}/similar", name="similar")(
+        json_view(lambda request, user_id: read.similar(user_id, dict(request.query)))
+    )
 
     @app.on_before_shutdown.connect
     async def _stop(app: faust.App, **kwargs: Any) -> None:

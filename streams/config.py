@@ -43,6 +43,13 @@ class Settings(BaseSettings):
     # after a crash (and recognised as replayed: effectively once)
     commit_interval_s: float = Field(default=2.8, gt=0)
     log_level: Literal["crit", "error", "warn", "info", "debug"] = "info"
+    cold_start_min_events: int = Field(default=3, ge=0)  # fewer: popularity instead
+    popularity_half_life_s: float = Field(default=86_400.0, gt=0)
+    # p = σ(β·s + b) on an item's cosine s to the user's vector. These defaults are a
+    # placeholder (p = 0.5 at s = 0.85, typical of e5 neighbours) until `interest-stream
+    # eval` fits them on your data
+    calibration_beta: float = 20.0
+    calibration_bias: float = -17.0
 
     @field_validator("broker")
     @classmethod

@@ -83,6 +83,8 @@ class UserRecord:
     parked: list[ParkedClick] = field(default_factory=list)
     erased_at: float | None = None  # Kafka timestamp of the latest deletion; None: never
     erased: bool = False  # deleted, and nothing applied since
+    # wall-clock time each channel (word, sentence, document, negative) last changed
+    changed_at: list[float | None] = field(default_factory=lambda: [None] * 4)
 
     @classmethod
     def new(cls, dim: int, params: StateParams) -> UserRecord:
@@ -107,6 +109,7 @@ class UserRecord:
         self.recent_ids = []
         self.parked = []
         self.erased = True
+        self.changed_at = [None] * 4
         if at is not None:
             self.erased_at = max(at, self.erased_at or at)
 
@@ -125,6 +128,7 @@ class UserRecord:
                 "parked": [p.to_json() for p in self.parked],
                 "erased": self.erased,
                 "erased_at": self.erased_at,
+                "changed_at": self.changed_at,
             },
             separators=(",", ":"),
         ).encode()
@@ -168,6 +172,9 @@ class UserRecord:
             parked = [ParkedClick.from_json(p) for p in tail["parked"]]
             erased = bool(tail["erased"])
             erased_at = None if tail["erased_at"] is None else float(tail["erased_at"])
+            changed_at = [None if t is None else float(t) for t in tail["changed_at"]]
+            if len(changed_at) != 4:
+                raise ValueError("changed_at must have 4 entries")
         except (ValueError, KeyError, TypeError) as err:
             raise RecordDecodeError(f"user record has a bad tail: {err}") from None
-        return cls(state, ids, parked, erased_at, erased)
+        return cls(state, ids, parked, erased_at, erased, changed_at)

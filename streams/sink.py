@@ -506,6 +506,83 @@ class QdrantSink:
         hits = [(r.payload or {}, r.score) for r in res.points]
         return [(str(payload.get("item_id")), score, payload) for payload, score in hits]
 
+    def recommend_items(
+        self,
+        vector: Any,
+        k: int = 10,
+        *,
+        exclude: Iterable[str] = (),
+        tags: Sequence[str] = (),
+        negative: Any = None,
+        prefetch: Sequence[Any] = (),
+    ) -> list[tuple[str, float, dict[str, Any], np.ndarray | None]]:
+        """One query for (item_id, score, payload, item vector) of the k best items.
+
+        `vector` alone: nearest by cosine. With `negative`: Qdrant's recommend (average
+        vector strategy: towards `vector`, away from `negative`). With `prefetch` (several
+        query vectors): each retrieves candidates, fused by reciprocal rank (RRF). Items in
+        `exclude` are left out; `tags` keeps items carrying any of them.
+        """
+        must_not = [models.HasIdCondition(has_id=[item_point_id(i) for i in exclude])]
+        must = [models.FieldCondition(key="tags", match=models.MatchAny(any=list(tags)))]
+        flt = models.Filter(must=must if tags else None, must_not=must_not if exclude else None)
+        kwargs: dict[str, Any] = {"query_filter": flt, "limit": k, "using": ITEM_VECTOR}
+        if prefetch:
+            vs = [a for v in prefetch if (a := _vector(v, self.dim, "prefetch")) is not None]
+            kwargs["prefetch"] = [
+                models.Prefetch(query=a.tolist(), using=ITEM_VECTOR, filter=flt, limit=5 * k)
+                for a in vs
+            ]
+            kwargs["query"] = models.FusionQuery(fusion=models.Fusion.RRF)
+            del kwargs["using"]
+        else:
+            a = _vector(vector, self.dim, "query")
+            if a is None:
+                return []
+            neg = None if negative is None else _vector(negative, self.dim, "negative")
+            kwargs["query"] = (
+                a.tolist()
+                if neg is None
+                else models.RecommendQuery(
+                    recommend=models.RecommendInput(
+                        positive=[a.tolist()],
+                        negative=[neg.tolist()],
+                        strategy=models.RecommendStrategy.AVERAGE_VECTOR,
+                    )
+                )
+            )
+        with self._lock:
+            res = self.client.query_points(
+                ITEMS, with_payload=True, with_vectors=[ITEM_VECTOR], **kwargs
+            )
+        out = []
+        for r in res.points:
+            vec = r.vector.get(ITEM_VECTOR) if isinstance(r.vector, dict) else None
+            payload = r.payload or {}
+            item_vec = None if vec is None else np.asarray(vec, dtype=np.float32)
+            out.append((str(payload.get("item_id")), float(r.score), payload, item_vec))
+        return out
+
+    def nearest_users(
+        self, vector: Any, k: int = 10, exclude: Iterable[str] = ()
+    ) -> list[tuple[str, float]]:
+        """(user_id, cosine) of the k users whose fused vector is nearest to `vector`."""
+        a = _vector(vector, self.dim, "query")
+        if a is None:
+            return []
+        skip = [user_point_id(u) for u in exclude]
+        flt = models.Filter(must_not=[models.HasIdCondition(has_id=skip)]) if skip else None
+        with self._lock:
+            res = self.client.query_points(
+                USERS,
+                query=a.tolist(),
+                using="fused",
+                limit=k,
+                query_filter=flt,
+                with_payload=["user_id"],
+            )
+        return [(str((r.payload or {}).get("user_id")), float(r.score)) for r in res.points]
+
     def count(self, collection: str) -> int:
         with self._lock:
             return self.client.count(collection, exact=True).count

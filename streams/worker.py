@@ -121,6 +121,7 @@ class BatchResult:
     published: dict[str, float] = field(default_factory=dict)
     deleted: set[str] = field(default_factory=set)
     counts: Counter[str] = field(default_factory=Counter)
+    clicked: list[tuple[str, float]] = field(default_factory=list)  # (item, ts) applied
 
 
 Loader = Callable[[str, Message], Awaitable[bytes | None] | bytes | None]
@@ -414,8 +415,14 @@ class Processor:
         events = [ev for _, ev in rows]
         batch = EventBatch.from_events([slots[u] for u, _ in rows], events, self.dim, self.params)
         apply_batch(states, batch)
+        now = self.clock()
         for user, ev in rows:
             res.updated[user] = max(res.updated.get(user, ev.ts), ev.ts)
+            if ev.kind == "click" and ev.item_id is not None:
+                res.clicked.append((ev.item_id, ev.ts))
+            changed = res.writes[user].record.changed_at
+            for g in _channels_touched(ev, self.params):
+                changed[g] = now
         res.counts["applied"] += len(rows)
 
     # -- parked clicks ----------------------------------------------------------------------
@@ -457,3 +464,16 @@ class Processor:
         self.totals.update(res.counts)
         self._seal(res)
         return res
+
+
+def _channels_touched(ev: EncodedEvent, params: StateParams) -> list[int]:
+    """Which of word, sentence, document, negative (0..3) an applied event changes."""
+    text = ev.text
+    if text is None:
+        return []
+    w = ev.weight(params)
+    if w < 0:
+        return [3] if text.has_document else []
+    if w == 0:
+        return []
+    return [g for g, n in enumerate((text.n_words, text.n_sentences, text.has_document)) if n]

@@ -1,0 +1,185 @@
+"""The read side over HTTP on a real worker (Tansu + `interest-stream up` + Qdrant local)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+
+import pytest
+
+from streams.embedded import EmbeddedBroker, ensure_topics
+from streams.supervisor import WorkerProcess
+
+pytestmark = pytest.mark.integration
+
+ITEMS = {
+    "sf1": ("Interstellar", "Astronauts travel through a wormhole near a black hole in space."),
+    "sf2": ("The Martian", "An astronaut stranded on Mars grows potatoes to survive."),
+    "sf3": ("流浪地球", "太阳即将毁灭，人类推着地球飞向新的星系。"),
+    "sf4": ("Alien invasion", "Spaceships from another galaxy attack the planet."),
+    "ck1": ("Sourdough bread", "Bake a crusty sourdough loaf with a simple starter."),
+    "ck2": ("红烧肉", "家常红烧肉的做法，五花肉慢炖入味。"),
+    "ck3": ("Pasta carbonara", "Cook spaghetti with eggs, cheese and pancetta."),
+    "ck4": ("Chocolate cake", "A rich chocolate cake recipe with butter and cocoa."),
+    "fi1": ("Stock market today", "Shares fell as investors worried about interest rates."),
+    "fi2": ("Bond yields", "Government bond yields rose after the inflation report."),
+    "fi3": ("股市周报", "本周股市下跌，投资者担心通胀和利率。"),
+}
+TOPIC = {i: i[:2] for i in ITEMS}
+
+
+async def produce(bootstrap: str, records: list[tuple[str, str, dict]]) -> None:
+    from aiokafka import AIOKafkaProducer
+
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=5)
+    await producer.start()
+    try:
+        futures = [
+            await producer.send(t, json.dumps(v).encode(), key=k.encode()) for t, k, v in records
+        ]
+        await asyncio.gather(*futures)
+    finally:
+        await producer.stop()
+
+
+class Stack:
+    def __init__(self, broker: EmbeddedBroker, worker: WorkerProcess) -> None:
+        self.broker, self.worker = broker, worker
+        self.sent = 0
+        self.n = 0
+
+    def send(self, records: list[tuple[str, str, dict]]) -> None:
+        asyncio.run(produce(self.broker.bootstrap, records))
+        self.sent += len(records)
+        self.worker.wait_idle(consumed=self.sent)
+
+    def clicks(self, user: str, items: list[str], rating: int | None = None) -> None:
+        out = []
+        for item in items:
+            self.n += 1
+            ev = {"event_id": f"c{self.n}", "user_id": user, "item_id": item, "ts": time.time()}
+            if rating is not None:
+                ev["rating"] = rating
+            out.append(("events.click", user, ev))
+        self.send(out)
+
+    def recs(self, user: str, **params) -> dict:
+        q = "&".join(f"{k}={v}" for k, v in {"k": 10, **params}.items())
+        status, doc = self.worker.get(f"/recommendations/{user}?{q}")
+        assert status == 200, doc
+        return doc
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory, e5_exported):
+    tmp = tmp_path_factory.mktemp("api")
+    with EmbeddedBroker(log_path=tmp / "tansu.log") as broker:
+        ensure_topics(broker.bootstrap, 2)
+        worker = WorkerProcess(broker.bootstrap, tmp / "data").start()
+        s = Stack(broker, worker)
+        s.send(
+            [
+                ("items", i, {"item_id": i, "title": t, "body": b, "tags": [TOPIC[i]]})
+                for i, (t, b) in ITEMS.items()
+            ]
+        )
+        try:
+            yield s
+        finally:
+            worker.stop()
+
+
+def topics(doc: dict) -> list[str]:
+    return [TOPIC[it["item_id"]] for it in doc["items"]]
+
+
+def test_recommendations_follow_a_click_on_a_different_topic_within_one_batch(stack):
+    stack.clicks("alice", ["sf1", "sf2", "sf3"])
+    before = stack.recs("alice", k=3)
+    assert not before["cold_start"] and topics(before)[0] == "sf", before
+    assert {it["item_id"] for it in before["items"]}.isdisjoint({"sf1", "sf2", "sf3"})
+    stack.clicks("alice", ["ck1", "ck2", "ck3"] * 2)  # one micro-batch of cooking clicks
+    after = stack.recs("alice", k=3)
+    assert "ck" in topics(after), after
+    # seen items never come back, whatever the granularity
+    seen = {"sf1", "sf2", "sf3", "ck1", "ck2", "ck3"}
+    for g in ("fused", "word", "sentence", "document", "hybrid"):
+        doc = stack.recs("alice", k=20, granularity=g)
+        assert seen.isdisjoint(it["item_id"] for it in doc["items"]), g
+        assert len(doc["items"]) == len(ITEMS) - len(seen)
+
+
+def test_items_explain_themselves_and_carry_a_probability(stack):
+    stack.clicks("bob", ["sf1", "sf4", "sf2"])
+    doc = stack.recs("bob", k=5)
+    top = doc["items"][0]
+    assert top["item_id"] == "sf3" or TOPIC[top["item_id"]] == "sf"
+    assert top["why"]["granularity"] in ("word", "sentence", "document")
+    assert set(top["why"]["similarity"]) == {"word", "sentence", "document"}
+    ps = [it["p"] for it in doc["items"]]
+    assert all(0 < p < 1 for p in ps) and ps[0] >= ps[-1]
+
+
+def test_negative_feedback_pushes_similar_items_away(stack):
+    stack.clicks("carol", ["sf1", "sf2", "sf4"])
+    stack.clicks("dave", ["sf1", "sf2", "sf4"])
+    stack.clicks("dave", ["fi1"], rating=1)  # dave dislikes finance news
+    carol_doc = stack.recs("carol", k=20)
+    assert not carol_doc["cold_start"] and not carol_doc["negative_applied"]
+    carol = {it["item_id"]: it["score"] for it in carol_doc["items"]}
+    dave_doc = stack.recs("dave", k=20)
+    assert dave_doc["negative_applied"]
+    dave = {it["item_id"]: it["score"] for it in dave_doc["items"]}
+    rank_d = list(dave)
+    rank_c = [i for i in carol if i in dave]  # the same candidates (fi1 is dave's, seen)
+    assert "fi2" in rank_c and "fi2" in rank_d, (carol, dave_doc)
+    for item in ("fi2", "fi3"):  # the finance items dave has not seen
+        assert rank_d.index(item) >= rank_c.index(item), (rank_c, rank_d)
+    assert dave["fi2"] < carol["fi2"]
+
+
+def test_cold_start_users_get_popular_items_and_say_so(stack):
+    doc = stack.recs("nobody-yet", k=3)
+    assert doc["cold_start"] and doc["cold_start_reason"] == "unknown user"
+    assert len(doc["items"]) == 3 and all(it["why"]["popularity"] for it in doc["items"])
+    stack.clicks("newbie", ["ck4"])
+    doc = stack.recs("newbie", k=3)
+    assert doc["cold_start"] and "fewer than 3" in doc["cold_start_reason"]
+    assert "ck4" not in [it["item_id"] for it in doc["items"]]
+    tagged = stack.recs("nobody-yet", k=10, tags="fi")
+    assert tagged["items"] and all(TOPIC[it["item_id"]] == "fi" for it in tagged["items"])
+
+
+def test_interests_and_similar_users(stack):
+    stack.clicks("erin", ["ck1", "ck2", "ck4"])
+    stack.clicks("frank", ["ck1", "ck3", "ck4"])
+    stack.clicks("gina", ["fi1", "fi2", "fi3"])
+    status, doc = stack.worker.get("/users/erin/interests")
+    assert status == 200, doc
+    assert doc["counts"]["click"] == 3 and doc["top_terms"]
+    assert all(doc["freshness_s"][c] is not None for c in ("word", "sentence", "document"))
+    assert doc["freshness_s"]["negative"] is None
+    status, doc = stack.worker.get("/users/erin/similar?k=20")
+    assert status == 200, doc
+    users = [u["user_id"] for u in doc["users"]]
+    assert "erin" not in users and users.index("frank") < users.index("gina")
+
+
+@pytest.mark.parametrize(
+    ("path", "status", "words"),
+    [
+        ("/recommendations/bad%20id", 400, "user_id"),
+        ("/recommendations/alice?k=0", 400, "k must be in 1..100"),
+        ("/recommendations/alice?k=ten", 400, "k must be an integer"),
+        ("/recommendations/alice?granularity=topic", 400, "granularity must be one of"),
+        ("/recommendations/alice?tags=" + ",".join("t" * 65 for _ in range(2)), 400, "tags"),
+        ("/users/nobody/interests", 404, "unknown user"),
+        ("/users/nobody/similar", 404, "unknown user"),
+        ("/users/alice/similar?k=1000", 400, "k must be in 1..100"),
+        ("/users/nobody/vectors", 404, "unknown user"),
+    ],
+)
+def test_bad_requests_get_a_clear_json_error(stack, path, status, words):
+    got, doc = stack.worker.get(path)
+    assert got == status and words in doc["error"], (got, doc)
