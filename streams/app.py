@@ -15,6 +15,8 @@ background, so a Qdrant outage delays vectors but never the stream or the state.
 from __future__ import annotations
 
 import asyncio
+import hmac
+import json
 import logging
 import time
 import weakref
@@ -30,7 +32,7 @@ import faust
 import numpy as np
 from faust.streams import _current_event
 
-from streams.api import ApiError, Calibration, ReadSide
+from streams.api import ApiError, Calibration, ReadSide, user_id_of
 from streams.config import Settings
 from streams.embedded import DLQ_TOPIC, INPUT_TOPICS
 from streams.fusion import fuse
@@ -366,6 +368,33 @@ def create_app(settings: Settings, encoder: TextEncoder, sink: QdrantSink) -> fa
     app.page("/users/{user_id}/similar", name="similar")(
         json_view(lambda request, user_id: read.similar(user_id, dict(request.query)))
     )
+
+    deletes = app.topic("users.delete", key_serializer="raw", value_serializer="raw")
+
+    class DeleteUser(faust.web.View):
+        """DELETE /users/{user_id}: queue the user's erasure (a `users.delete` event, so it
+        is applied in order with their other events). Needs `Authorization: Bearer
+        <INTEREST_API_TOKEN>`; without a configured token the endpoint is disabled."""
+
+        async def delete(self, request: Any, user_id: str) -> Any:
+            token = settings.api_token
+            if not token:
+                return self.json(
+                    {"error": "mutating endpoints are disabled: set INTEREST_API_TOKEN"},
+                    status=403,
+                )
+            given = request.headers.get("Authorization", "")
+            if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
+                return self.json({"error": "missing or wrong bearer token"}, status=401)
+            try:
+                user = user_id_of(user_id)
+            except ApiError as err:
+                return self.json({"error": err.message}, status=err.status)
+            body = json.dumps({"user_id": user}).encode()
+            await deletes.send(key=user.encode(), value=body)
+            return self.json({"user_id": user, "status": "deletion queued"}, status=202)
+
+    app.page("/users/{user_id}", name="delete_user")(DeleteUser)
 
     @app.on_before_shutdown.connect
     async def _stop(app: faust.App, **kwargs: Any) -> None:

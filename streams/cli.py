@@ -239,12 +239,13 @@ def build_parser() -> argparse.ArgumentParser:
     _add_encoder_options(p)
     p.set_defaults(func=cmd_profile)
 
-    from streams import movielens, publish
+    from streams import client, movielens, publish
 
     p = sub.add_parser("replay", help="publish a JSON Lines replay file to Kafka")
     publish.add_replay_arguments(p)
     p = sub.add_parser("sample-data", help="write the demo replay file (MovieLens-100k slice)")
     movielens.add_sample_arguments(p)
+    client.add_read_commands(sub)
 
     p = sub.add_parser("up", help="run the worker (and an embedded broker) in the foreground")
     p.add_argument(

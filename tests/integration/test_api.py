@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
+import shutil
+import subprocess
+import sys
 import time
+import urllib.error
+import urllib.request
+from pathlib import Path
 
 import pytest
 
@@ -27,6 +34,7 @@ ITEMS = {
     "fi3": ("股市周报", "本周股市下跌，投资者担心通胀和利率。"),
 }
 TOPIC = {i: i[:2] for i in ITEMS}
+TOKEN = "test-token-1234"
 
 
 async def produce(bootstrap: str, records: list[tuple[str, str, dict]]) -> None:
@@ -76,7 +84,9 @@ def stack(tmp_path_factory, e5_exported):
     tmp = tmp_path_factory.mktemp("api")
     with EmbeddedBroker(log_path=tmp / "tansu.log") as broker:
         ensure_topics(broker.bootstrap, 2)
-        worker = WorkerProcess(broker.bootstrap, tmp / "data").start()
+        worker = WorkerProcess(
+            broker.bootstrap, tmp / "data", env={"INTEREST_API_TOKEN": TOKEN}
+        ).start()
         s = Stack(broker, worker)
         s.send(
             [
@@ -183,3 +193,55 @@ def test_interests_and_similar_users(stack):
 def test_bad_requests_get_a_clear_json_error(stack, path, status, words):
     got, doc = stack.worker.get(path)
     assert got == status and words in doc["error"], (got, doc)
+
+
+def delete(url: str, token: str | None) -> tuple[int, dict]:
+    req = urllib.request.Request(url, method="DELETE")
+    if token is not None:
+        req.add_header("Authorization", f"Bearer {token}")
+    try:
+        with urllib.request.urlopen(req, timeout=10) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as err:
+        return err.code, json.loads(err.read())
+
+
+def test_deleting_needs_the_token_and_then_erases_the_user(stack):
+    stack.clicks("hank", ["fi1", "fi2", "fi3"])
+    url = f"{stack.worker.url}/users/hank"
+    assert delete(url, None)[0] == 401
+    assert delete(url, "wrong-token")[0] == 401
+    assert delete(f"{stack.worker.url}/users/bad%20id", TOKEN)[0] == 400
+    assert stack.worker.get("/users/hank/interests")[0] == 200
+    status, doc = delete(url, TOKEN)
+    assert status == 202 and doc["status"] == "deletion queued"
+    stack.sent += 1  # the worker published the deletion itself
+    stack.worker.wait_idle(consumed=stack.sent)
+    assert stack.worker.get("/users/hank/interests")[0] == 404
+
+
+def test_the_cli_prints_tables_from_the_running_worker(stack):
+    stack.clicks("ivan", ["sf1", "sf3", "sf4"])
+    exe = shutil.which("interest-stream") or str(Path(sys.executable).parent / "interest-stream")
+
+    def run(*args: str) -> str:
+        out = subprocess.run(
+            [exe, *args, "--api", stack.worker.url], capture_output=True, text=True, timeout=60
+        )
+        assert out.returncode == 0, out.stderr
+        return out.stdout
+
+    text = run("recommend", "ivan", "--k", "3")
+    assert text.startswith("ivan: 3 items (fused)")
+    assert len([ln for ln in text.splitlines() if re.match(r"^\s+\d+\s+\d\.\d{3}", ln)]) == 3
+    doc = json.loads(run("recommend", "ivan", "--json", "--granularity", "hybrid"))
+    assert doc["granularity"] == "hybrid" and doc["items"]
+    assert "click 3" in run("interests", "ivan")
+    assert "users most like ivan" in run("similar", "ivan", "--k", "2")
+    bad = subprocess.run(
+        [exe, "interests", "nobody", "--api", stack.worker.url],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert bad.returncode == 1 and "unknown user" in bad.stderr
