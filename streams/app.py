@@ -141,6 +141,7 @@ def create_app(settings: Settings, encoder: TextEncoder, sink: QdrantSink) -> fa
     app = faust.App(
         settings.app_id,
         broker=[f"kafka://{b.strip()}" for b in settings.broker.split(",")],
+        broker_credentials=settings.broker_credentials(),
         store="rocksdb://" if settings.store == "rocksdb" else "memory://",
         datadir=str(settings.table_dir),
         web_host=settings.web_host,

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from encoders.models import DEFAULT_MODEL
@@ -28,6 +28,12 @@ class Settings(BaseSettings):
     partitions: int = Field(default=4, ge=1, le=1024)
     store: Literal["rocksdb", "memory"] = "rocksdb"
     qdrant_url: str | None = None  # None: qdrant-client local mode under data_dir/qdrant
+    qdrant_api_key: SecretStr | None = None  # for a Qdrant server that requires one
+    # Kafka security, passed through to the client: SASL (PLAIN or SCRAM) and/or TLS
+    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
+    kafka_sasl_username: str | None = None
+    kafka_sasl_password: SecretStr | None = None
+    kafka_ssl_cafile: Path | None = None  # set: TLS to the broker, verified with this CA
     web_host: str = "127.0.0.1"
     web_port: int = Field(default=DEFAULT_WEB_PORT, ge=0, le=65535)
     api_token: str | None = None  # required by mutating endpoints; None: they are disabled
@@ -59,6 +65,25 @@ class Settings(BaseSettings):
             if not host or not port.isdigit():
                 raise ValueError(f"broker must be host:port[,host:port], got {v!r}")
         return v
+
+    def broker_credentials(self) -> object | None:
+        """Faust credentials for the Kafka security settings (None: plaintext)."""
+        import ssl
+
+        import faust
+
+        context = None
+        if self.kafka_ssl_cafile is not None:
+            context = ssl.create_default_context(cafile=str(self.kafka_ssl_cafile))
+        if self.kafka_sasl_mechanism is not None:
+            password = self.kafka_sasl_password
+            return faust.SASLCredentials(
+                username=self.kafka_sasl_username,
+                password=None if password is None else password.get_secret_value(),
+                mechanism=self.kafka_sasl_mechanism,
+                ssl_context=context,
+            )
+        return None if context is None else faust.SSLCredentials(context)
 
     @property
     def qdrant_path(self) -> Path:

@@ -45,7 +45,12 @@ def serve(settings: Settings, embedded: bool) -> int:
             f"encoder {encoder.spec.name} ({encoder.precision}) on {encoder.provider}", flush=True
         )
         if settings.qdrant_url:
-            sink = QdrantSink(encoder.dim, url=settings.qdrant_url)
+            key = settings.qdrant_api_key
+            sink = QdrantSink(
+                encoder.dim,
+                url=settings.qdrant_url,
+                api_key=None if key is None else key.get_secret_value(),
+            )
         else:
             sink = QdrantSink(encoder.dim, path=settings.qdrant_path)
         try:

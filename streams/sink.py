@@ -312,6 +312,7 @@ class QdrantSink:
         url: str | None = None,
         path: str | Path | None = None,
         timeout: float = 5.0,
+        api_key: str | None = None,
     ) -> None:
         if type(dim) is not int or dim < 1:
             raise ValueError(f"dim must be a positive int, got {dim!r}")
@@ -326,7 +327,7 @@ class QdrantSink:
             threading.Lock() if self.local else contextlib.nullcontext()
         )
         if path is None:
-            self.client = QdrantClient(url=url, timeout=max(1, math.ceil(timeout)))
+            self.client = QdrantClient(url=url, timeout=max(1, math.ceil(timeout)), api_key=api_key)
         elif str(path) == MEMORY:
             self.client = QdrantClient(location=MEMORY, force_disable_check_same_thread=True)
         else:
