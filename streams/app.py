@@ -41,6 +41,7 @@ from streams.popularity import Popularity
 from streams.record import UserRecord
 from streams.sink import QdrantSink, SyncQueue, UserPoint
 from streams.state import CHANNELS, InterestState
+from streams.status_page import register_status_page
 from streams.worker import BatchResult, Message, Processor, TextEncoder
 
 log = logging.getLogger("streams.app")
@@ -299,6 +300,8 @@ def create_app(settings: Settings, encoder: TextEncoder, sink: QdrantSink) -> fa
             delay = 0.05 if ok else min(delay * 2, 5.0)
             with suppress(TimeoutError):
                 await asyncio.wait_for(rt.stop.wait(), timeout=delay)
+
+    register_status_page(app)  # `/`: the HTML status page (streams/static/status.html)
 
     @app.page("/healthz")
     async def healthz(web: Any, request: Any) -> Any:
