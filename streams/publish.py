@@ -263,6 +263,27 @@ async def publish(
     return report
 
 
+async def send_records(
+    bootstrap: str, records: list[tuple[str, bytes | None, bytes | None]]
+) -> None:
+    """Publish (topic, key, value) records as they are and wait until all are acknowledged
+    (tests, benchmarks and tools that need exact bytes, bad ones included)."""
+    from aiokafka import AIOKafkaProducer
+
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=5)
+    await producer.start()
+    try:
+        futures = [await producer.send(t, v, key=k) for t, k, v in records]
+        await asyncio.gather(*futures)
+    finally:
+        await producer.stop()
+
+
+def json_records(records: list[tuple[str, str, dict]]) -> list[tuple[str, bytes, bytes]]:
+    """(topic, key, object) -> (topic, key bytes, JSON bytes)."""
+    return [(t, k.encode(), json.dumps(v).encode()) for t, k, v in records]
+
+
 def add_replay_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("file", metavar="FILE", help="JSON Lines replay file (.gz ok)")
     parser.add_argument(

@@ -7,7 +7,6 @@ browser); `make test` installs it. Without it this test fails rather than skips.
 from __future__ import annotations
 
 import asyncio
-import json
 import shutil
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -15,6 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from streams.embedded import EmbeddedBroker, ensure_topics
+from streams.publish import json_records, send_records
 from streams.supervisor import WorkerProcess
 
 pytestmark = pytest.mark.integration
@@ -32,20 +32,6 @@ ITEMS = {
 }
 
 
-async def _produce(bootstrap: str, records: list[tuple[str, str, dict]]) -> None:
-    from aiokafka import AIOKafkaProducer
-
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=5)
-    await producer.start()
-    try:
-        futures = [
-            await producer.send(t, json.dumps(v).encode(), key=k.encode()) for t, k, v in records
-        ]
-        await asyncio.gather(*futures)
-    finally:
-        await producer.stop()
-
-
 class Stack:
     def __init__(self, broker: EmbeddedBroker, worker: WorkerProcess) -> None:
         self.broker, self.worker = broker, worker
@@ -55,7 +41,9 @@ class Stack:
     def send(self, records: list[tuple[str, str, dict]]) -> None:
         # a thread of its own: playwright's sync API keeps an event loop running in this one
         with ThreadPoolExecutor(1) as pool:
-            pool.submit(asyncio.run, _produce(self.broker.bootstrap, records)).result()
+            pool.submit(
+                asyncio.run, send_records(self.broker.bootstrap, json_records(records))
+            ).result()
         self.sent += len(records)
         self.worker.wait_idle(consumed=self.sent)
 

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from streams.embedded import EmbeddedBroker, ensure_topics
+from streams.publish import json_records, send_records
 from streams.supervisor import WorkerProcess
 
 pytestmark = pytest.mark.integration
@@ -37,20 +38,6 @@ TOPIC = {i: i[:2] for i in ITEMS}
 TOKEN = "test-token-1234"
 
 
-async def produce(bootstrap: str, records: list[tuple[str, str, dict]]) -> None:
-    from aiokafka import AIOKafkaProducer
-
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=5)
-    await producer.start()
-    try:
-        futures = [
-            await producer.send(t, json.dumps(v).encode(), key=k.encode()) for t, k, v in records
-        ]
-        await asyncio.gather(*futures)
-    finally:
-        await producer.stop()
-
-
 class Stack:
     def __init__(self, broker: EmbeddedBroker, worker: WorkerProcess) -> None:
         self.broker, self.worker = broker, worker
@@ -58,7 +45,7 @@ class Stack:
         self.n = 0
 
     def send(self, records: list[tuple[str, str, dict]]) -> None:
-        asyncio.run(produce(self.broker.bootstrap, records))
+        asyncio.run(send_records(self.broker.bootstrap, json_records(records)))
         self.sent += len(records)
         self.worker.wait_idle(consumed=self.sent)
 

@@ -15,23 +15,12 @@ import numpy as np
 import pytest
 
 from streams.embedded import EmbeddedBroker, ensure_topics
+from streams.publish import send_records as produce
 from streams.supervisor import WorkerProcess
 
 pytestmark = pytest.mark.integration
 
 SAMPLE = Path(__file__).parents[1] / "data" / "sample_events.jsonl"
-
-
-async def produce(bootstrap: str, records: list[tuple[str, bytes | None, bytes | None]]) -> None:
-    from aiokafka import AIOKafkaProducer
-
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=5)
-    await producer.start()
-    try:
-        futures = [await producer.send(t, v, key=k) for t, k, v in records]
-        await asyncio.gather(*futures)
-    finally:
-        await producer.stop()
 
 
 def replay_lines(bootstrap: str, lines: list[dict]) -> int:
