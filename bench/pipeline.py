@@ -208,37 +208,13 @@ class BaselineProcess(WorkerProcess):
         super().__init__(broker, data_dir, partitions=partitions, store=store)
         self.extra = extra
 
+    def command(self) -> list[str]:
+        script = str(HERE / "baseline_faust.py")
+        return [sys.executable, script, "worker", *self.options(), *self.extra]
+
     def start(self, timeout: float = 120.0) -> BaselineProcess:
-        self.data_dir.mkdir(parents=True, exist_ok=True)
-        cmd = [
-            sys.executable,
-            str(HERE / "baseline_faust.py"),
-            "worker",
-            "--broker",
-            self.broker,
-            "--data-dir",
-            str(self.data_dir),
-            "--web-port",
-            str(self.port),
-            "--partitions",
-            str(self.partitions),
-            "--store",
-            self.store,
-            *self.extra,
-        ]
-        log = self.log_path.open("ab")
-        self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"baseline exited with {self.proc.returncode}:\n{self.tail()}")
-            try:
-                if self.health().get("recovered"):
-                    return self
-            except (OSError, ValueError):
-                pass
-            time.sleep(0.2)
-        raise TimeoutError(f"baseline not up within {timeout:.0f}s:\n{self.tail()}")
+        super().start(timeout)
+        return self
 
 
 def cpu_seconds(pid: int | None) -> float:

@@ -44,13 +44,12 @@ class WorkerProcess:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def start(self, timeout: float = 90.0) -> WorkerProcess:
-        self.data_dir.mkdir(parents=True, exist_ok=True)
-        cmd = [
-            sys.executable,
-            "-m",
-            "streams.cli",
-            "up",
+    def command(self) -> list[str]:
+        """The child's command line (a subclass may run another worker the same way)."""
+        return [sys.executable, "-m", "streams.cli", "up", *self.options()]
+
+    def options(self) -> list[str]:
+        return [
             "--broker",
             self.broker,
             "--data-dir",
@@ -62,6 +61,10 @@ class WorkerProcess:
             "--store",
             self.store,
         ]
+
+    def start(self, timeout: float = 90.0) -> WorkerProcess:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        cmd = self.command()
         log = self.log_path.open("ab")
         env = {**os.environ, **self.env}
         self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
