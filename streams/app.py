@@ -37,6 +37,8 @@ from streams.config import Settings
 from streams.embedded import DLQ_TOPIC, INPUT_TOPICS
 from streams.fusion import fuse
 from streams.items import ItemCache
+from streams.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from streams.metrics import Metrics
 from streams.popularity import Popularity
 from streams.record import UserRecord
 from streams.sink import QdrantSink, SyncQueue, UserPoint
@@ -106,12 +108,13 @@ class Freshness:
         self.recent: deque[float] = deque(maxlen=size)
         self.count = 0
 
-    def observe(self, points: list[UserPoint], visible_at: float) -> None:
-        for p in points:
-            ts = p.payload.get("published_at")
-            if ts is not None:
-                self.recent.append(visible_at - float(ts))
-                self.count += 1
+    def observe(self, points: list[UserPoint], visible_at: float) -> list[float]:
+        """Record the points' freshness; returns their publish times."""
+        published = [float(t) for p in points if (t := p.payload.get("published_at")) is not None]
+        for t in published:
+            self.recent.append(visible_at - t)
+        self.count += len(published)
+        return published
 
     def summary(self) -> dict[str, float | int | None]:
         if not self.recent:
@@ -170,7 +173,12 @@ def create_app(settings: Settings, encoder: TextEncoder, sink: QdrantSink) -> fa
 
     items = ItemCache(sink, settings.item_cache_size, run_blocking)
     freshness = Freshness()
-    queue = SyncQueue(sink, executor=executor, on_flushed=freshness.observe)
+    metrics = Metrics()
+
+    def on_flushed(points: list[UserPoint], visible_at: float) -> None:
+        metrics.observe_flush(freshness.observe(points, visible_at), visible_at, queue.last_flush_s)
+
+    queue = SyncQueue(sink, executor=executor, on_flushed=on_flushed)
     processor = Processor(
         encoder,
         items,
@@ -231,9 +239,13 @@ def create_app(settings: Settings, encoder: TextEncoder, sink: QdrantSink) -> fa
                 for e in events
             ]
             async with rt.lock:
+                started = time.perf_counter()
                 res = await processor.process(messages, load)
                 await commit(res)
                 rt.batches += 1
+                metrics.observe_batch(
+                    [m.topic for m in messages], res, time.perf_counter() - started
+                )
 
     @app.timer(interval=0.5)
     async def resume_parked() -> None:
@@ -255,7 +267,9 @@ def create_app(settings: Settings, encoder: TextEncoder, sink: QdrantSink) -> fa
                     continue
                 candidates[user] = (record, Message(topic, partition, -1, None, None))
             if candidates:
-                await commit(await processor.resume(candidates))
+                res = await processor.resume(candidates)
+                await commit(res)
+                metrics.observe_result(res)
 
     def assigned() -> set[tuple[str, int]]:
         try:
@@ -302,6 +316,12 @@ def create_app(settings: Settings, encoder: TextEncoder, sink: QdrantSink) -> fa
                 await asyncio.wait_for(rt.stop.wait(), timeout=delay)
 
     register_status_page(app)  # `/`: the HTML status page (streams/static/status.html)
+
+    @app.page("/metrics")
+    async def metrics_view(web: Any, request: Any) -> Any:
+        body = metrics.render(queue.pending, len(rt.parked), queue.failures)
+        # as a header: aiohttp refuses a charset inside its content_type argument
+        return web.bytes(body, headers={"Content-Type": METRICS_CONTENT_TYPE})
 
     @app.page("/healthz")
     async def healthz(web: Any, request: Any) -> Any:

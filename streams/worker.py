@@ -122,6 +122,7 @@ class BatchResult:
     deleted: set[str] = field(default_factory=set)
     counts: Counter[str] = field(default_factory=Counter)
     clicked: list[tuple[str, float]] = field(default_factory=list)  # (item, ts) applied
+    applied_topics: Counter[str] = field(default_factory=Counter)  # for metrics
 
 
 Loader = Callable[[str, Message], Awaitable[bytes | None] | bytes | None]
@@ -244,6 +245,7 @@ class Processor:
                     self._park(record, m, e, res)
                     continue
                 user_rows.append((user, encoded_event(e, text)))
+                res.applied_topics[m.topic] += 1
                 if m.timestamp is not None:
                     res.published[user] = max(res.published.get(user, 0.0), m.timestamp)
             rows += user_rows
@@ -450,6 +452,7 @@ class Processor:
                         continue
                     assert isinstance(e, ClickEvent)
                     rows.append((user, encoded_event(e, known[p.item_id])))
+                    res.applied_topics[p.topic] += 1
                 elif now - p.parked_at > self.park_max_wait_s:
                     reason = f"item {p.item_id!r} not seen within {self.park_max_wait_s:g} s"
                     res.dead_letters.append(DeadLetter(msg, reason, "ItemNotFound"))

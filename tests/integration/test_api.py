@@ -232,3 +232,27 @@ def test_the_cli_prints_tables_from_the_running_worker(stack):
         timeout=60,
     )
     assert bad.returncode == 1 and "unknown user" in bad.stderr
+
+
+def test_metrics_follow_prometheus_conventions_and_agree_with_healthz(stack):
+    from prometheus_client.parser import text_string_to_metric_families
+
+    stack.clicks("judy", ["sf1", "ck1", "fi1"])
+    with urllib.request.urlopen(f"{stack.worker.url}/metrics", timeout=10) as r:
+        assert r.headers["Content-Type"].startswith("text/plain")
+        text = r.read().decode()
+    families = {f.name: f for f in text_string_to_metric_families(text)}
+    health = stack.worker.health()
+
+    def total(name: str) -> float:
+        return sum(s.value for s in families[name].samples if s.name.endswith("_total"))
+
+    assert total("interest_events_consumed") == health["totals"]["consumed"]
+    assert total("interest_events_applied") == health["totals"]["applied"]
+    topics = {s.labels["topic"] for s in families["interest_events_consumed"].samples}
+    assert {"items", "events.click"} <= topics
+    fresh = families["interest_freshness_seconds"]
+    assert next(s.value for s in fresh.samples if s.name.endswith("_count")) > 0
+    for f in families.values():  # bounded labels only: never a user or item id
+        for s in f.samples:
+            assert set(s.labels) <= {"topic", "error", "reason", "le"}, s
