@@ -136,6 +136,8 @@ class Runtime:
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     stop: asyncio.Event = field(default_factory=asyncio.Event)
     parked: dict[str, tuple[str, int]] = field(default_factory=dict)  # user -> (topic, part)
+    # (topic, partition) -> (next offset to process, publish time of the last processed)
+    position: dict[tuple[str, int], tuple[int, float | None]] = field(default_factory=dict)
     scanned_for: frozenset = frozenset()  # the assignment the last table scan covered
     batches: int = 0
     started_at: float = field(default_factory=time.time)
@@ -246,6 +248,8 @@ def create_app(settings: Settings, encoder: TextEncoder, sink: QdrantSink) -> fa
                 metrics.observe_batch(
                     [m.topic for m in messages], res, time.perf_counter() - started
                 )
+                for m in messages:
+                    rt.position[(m.topic, m.partition)] = (m.offset + 1, m.timestamp)
 
     @app.timer(interval=0.5)
     async def resume_parked() -> None:
@@ -317,8 +321,30 @@ def create_app(settings: Settings, encoder: TextEncoder, sink: QdrantSink) -> fa
 
     register_status_page(app)  # `/`: the HTML status page (streams/static/status.html)
 
+    def consumer_lag() -> dict[tuple[str, int], tuple[int, float]]:
+        """Per assigned input partition: messages and seconds behind. The high watermark
+        comes with fetched messages (Tansu's ListOffsets answer is not the log end)."""
+        out: dict[tuple[str, int], tuple[int, float]] = {}
+        now = time.time()
+        try:
+            tps = [tp for tp in app.consumer.assignment() if tp.topic in INPUT_TOPICS]
+        except Exception:  # not started or not assigned yet
+            return out
+        for tp in tps:
+            try:
+                end = app.consumer.highwater(tp)
+            except Exception:
+                continue
+            pos, ts = rt.position.get((tp.topic, tp.partition), (None, None))
+            if end is None or pos is None:
+                continue
+            behind = max(0, end - pos)
+            out[(tp.topic, tp.partition)] = (behind, now - ts if behind and ts else 0.0)
+        return out
+
     @app.page("/metrics")
     async def metrics_view(web: Any, request: Any) -> Any:
+        metrics.observe_lag(consumer_lag())
         body = metrics.render(queue.pending, len(rt.parked), queue.failures)
         # as a header: aiohttp refuses a charset inside its content_type argument
         return web.bytes(body, headers={"Content-Type": METRICS_CONTENT_TYPE})

@@ -84,7 +84,27 @@ class Metrics:
             "interest_parked_users", "Users with clicks waiting for their item", registry=r
         )
 
+        self.lag_messages = Gauge(
+            "interest_consumer_lag_messages",
+            "Log end offset (high watermark) minus the next offset to process",
+            ["topic", "partition"],
+            registry=r,
+        )
+        self.lag_seconds = Gauge(
+            "interest_consumer_lag_seconds",
+            "While behind: seconds since the publish time of the last processed message",
+            ["topic", "partition"],
+            registry=r,
+        )
         self._failures_seen = 0
+
+    def observe_lag(self, lag: dict[tuple[str, int], tuple[int, float]]) -> None:
+        """(topic, partition) -> (messages behind, seconds behind) for the assigned ones."""
+        self.lag_messages.clear()
+        self.lag_seconds.clear()
+        for (topic, partition), (messages, seconds) in lag.items():
+            self.lag_messages.labels(topic, str(partition)).set(messages)
+            self.lag_seconds.labels(topic, str(partition)).set(seconds)
 
     def observe_batch(self, topics: list[str], res: Any, seconds: float) -> None:
         """One processed micro-batch (`res`: a streams.worker.BatchResult)."""

@@ -253,6 +253,12 @@ def test_metrics_follow_prometheus_conventions_and_agree_with_healthz(stack):
     assert {"items", "events.click"} <= topics
     fresh = families["interest_freshness_seconds"]
     assert next(s.value for s in fresh.samples if s.name.endswith("_count")) > 0
+    lag = {
+        (s.labels["topic"], s.labels["partition"]): s.value
+        for s in families["interest_consumer_lag_messages"].samples
+    }
+    assert ("events.click", "0") in lag or ("events.click", "1") in lag
+    assert all(v == 0 for v in lag.values()), lag  # caught up
     for f in families.values():  # bounded labels only: never a user or item id
         for s in f.samples:
-            assert set(s.labels) <= {"topic", "error", "reason", "le"}, s
+            assert set(s.labels) <= {"topic", "partition", "error", "reason", "le"}, s
