@@ -33,6 +33,8 @@ demo: venv ## set up, export the default encoder if missing, run the demo
 test: venv ## set up, lint, run the whole test suite (exports models on first run)
 	@command -v chromium >/dev/null || { echo "installing the Debian package chromium (status page test)"; \
 	  apt-get update -qq && apt-get install -y -qq --no-install-recommends chromium; }
+	@command -v prometheus >/dev/null || { echo "installing the Debian package prometheus (monitoring test)"; \
+	  apt-get update -qq && apt-get install -y -qq --no-install-recommends prometheus; }
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/python -m pytest

@@ -13,7 +13,11 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
+from streams.embedded import INPUT_TOPICS
+
 CONTENT_TYPE = CONTENT_TYPE_LATEST
+# the `error` values streams/worker.py gives dead letters
+ERROR_CLASSES = ("InvalidEvent", "KeyMismatch", "EncodeError", "ItemNotFound")
 
 # seconds: from a fast micro-batch to a Qdrant outage
 _LATENCY = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
@@ -97,6 +101,14 @@ class Metrics:
             registry=r,
         )
         self._failures_seen = 0
+        # series exist from the start (at 0), so rate() sees their first increase
+        for topic in INPUT_TOPICS:
+            self.consumed.labels(topic)
+            self.applied.labels(topic)
+        for error in ERROR_CLASSES:
+            self.dead_lettered.labels(error)
+        for reason in ("duplicates", "erased"):
+            self.skipped.labels(reason)
 
     def observe_lag(self, lag: dict[tuple[str, int], tuple[int, float]]) -> None:
         """(topic, partition) -> (messages behind, seconds behind) for the assigned ones."""
