@@ -137,9 +137,7 @@ class ReadSide:
             seen = [] if record is None else record.state.seen_items()
             return await self._popular(user_id, k, tags, seen, events)
         st = record.state
-        unit, present = st.vectors(), st.present()
-        vec = {c: unit[g] if present[g] else None for g, c in enumerate(CHANNELS)}
-        vec["fused"] = st.fused()
+        vec = st.named_vectors()
         seen = st.seen_items()
         if granularity == "hybrid":
             parts = [vec[c] for c in ("word", "sentence", "document") if vec[c] is not None]

@@ -35,14 +35,13 @@ from faust.streams import _current_event
 from streams.api import ApiError, Calibration, ReadSide, user_id_of
 from streams.config import Settings
 from streams.embedded import DLQ_TOPIC, INPUT_TOPICS
-from streams.fusion import fuse
 from streams.items import ItemCache
 from streams.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from streams.metrics import Metrics
 from streams.popularity import Popularity
 from streams.record import UserRecord
 from streams.sink import QdrantSink, SyncQueue, UserPoint
-from streams.state import CHANNELS, InterestState
+from streams.state import InterestState
 from streams.status_page import register_status_page
 from streams.worker import BatchResult, Message, Processor, TextEncoder
 
@@ -76,12 +75,9 @@ def partition_context(topic: str, partition: int) -> Iterator[None]:
 
 def user_point(user_id: str, state: InterestState, published_at: float | None) -> UserPoint:
     """The Qdrant `users` point: the five vectors (absent ones omitted) and the payload."""
-    unit, present = state.vectors(), state.present()  # one normalisation for all channels
-    vectors: dict[str, Any] = {c: unit[g] if present[g] else None for g, c in enumerate(CHANNELS)}
-    vectors["fused"] = fuse(unit[:3], present[:3], state.params.alphas)
     return UserPoint(
         user_id=user_id,
-        vectors=vectors,
+        vectors=state.named_vectors(),
         payload={
             "user_id": user_id,
             "top_terms": [[t, round(w, 6)] for t, w in state.top_terms(10)],
@@ -360,14 +356,10 @@ def create_app(settings: Settings, encoder: TextEncoder, sink: QdrantSink) -> fa
         if record is None or record.erased or record.state.last_ts is None:
             return web.json({"error": f"unknown user {user_id!r}"}, status=404)
         st = record.state
-        fused = st.fused()
         return web.json(
             {
                 "user_id": user_id,
-                "vectors": {
-                    **{c: _list(st.vector(c)) for c in CHANNELS},
-                    "fused": _list(fused),
-                },
+                "vectors": {c: _list(v) for c, v in st.named_vectors().items()},
                 "counts": st.counts,
                 "top_terms": [[t, w] for t, w in st.top_terms(10)],
                 "first_ts": st.first_ts,

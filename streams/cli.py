@@ -130,8 +130,7 @@ def cmd_profile(args: argparse.Namespace) -> int:
         for n, reason in rep.bad
     ]
     if args.json:
-        vectors = {c: st.vector(c) for c in CHANNELS}
-        fused = st.fused()
+        vectors = st.named_vectors()
         out = {
             "user_id": args.user,
             "at": t,
@@ -145,10 +144,7 @@ def cmd_profile(args: argparse.Namespace) -> int:
             "top_terms": [[w, round(v, 6)] for w, v in st.top_terms(t=t)],
             "seen_items": st.seen_items(),
             "state_bytes": len(st.to_bytes()),
-            "vectors": {
-                **{c: None if v is None else _round([v])[0] for c, v in vectors.items()},
-                "fused": None if fused is None else _round([fused])[0],
-            },
+            "vectors": {c: None if v is None else _round([v])[0] for c, v in vectors.items()},
             "bad_lines": bad,
         }
         _print_json(out)

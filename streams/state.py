@@ -654,6 +654,14 @@ class InterestState:
         """α-weighted sum of the present granularity vectors (see `streams.fusion.fuse`)."""
         return fuse(self.vectors()[:3], self.present()[:3], self.params.alphas)
 
+    def named_vectors(self) -> dict[str, np.ndarray | None]:
+        """Every channel's unit vector by name plus "fused" (None: absent), normalising the
+        channels once: what a Qdrant point, the API and the profile output all need."""
+        unit, present = self.vectors(), self.present()
+        out = {c: unit[g] if present[g] else None for g, c in enumerate(CHANNELS)}
+        out["fused"] = fuse(unit[:3], present[:3], self.params.alphas)
+        return out
+
     def top_terms(self, k: int | None = None, t: float | None = None) -> list[tuple[str, float]]:
         """Heaviest terms with their decayed weights at t (default: the last event time)."""
         if t is None:

@@ -10,6 +10,7 @@ import pytest
 
 from streams.fusion import fuse
 from streams.state import (
+    CHANNELS,
     DAY,
     EncodedEvent,
     EventBatch,
@@ -423,3 +424,18 @@ def test_decoding_under_smaller_bounds_prunes_to_them(rng):
     assert back.seen_items() == state.seen_items()[:3]
     assert list(back.offsets) == list(state.offsets)[-2:]  # the most recently applied
     assert len(back.to_bytes()) < len(state.to_bytes())
+
+
+def test_named_vectors_are_the_channel_vectors_and_the_fused_one():
+    rng = np.random.default_rng(3)
+    state = InterestState(dim=8)
+    text = summarize(["a", "b"], rng.standard_normal((2, 8)), rng.standard_normal((1, 8)))
+    state.update(EncodedEvent("click", 0.0, text))  # no document, no negative yet
+    named = state.named_vectors()
+    assert set(named) == {*CHANNELS, "fused"}
+    for c in CHANNELS:
+        want = state.vector(c)
+        assert (named[c] is None) == (want is None)
+        if want is not None:
+            np.testing.assert_array_equal(named[c], want)
+    np.testing.assert_array_equal(named["fused"], state.fused())
