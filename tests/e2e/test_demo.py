@@ -24,7 +24,9 @@ def test_demo_replays_the_sample_and_prints_recommendations(tmp_path) -> None:
     )
     text = out.stdout
     assert "encoder e5-small (fp32) on CPUExecutionProvider" in text
-    published = int(re.search(r"published ([\d,]+) messages", text).group(1).replace(",", ""))
+    published = sum(  # the items first, then the events
+        int(n.replace(",", "")) for n in re.findall(r"published ([\d,]+) messages", text)
+    )
     totals = re.search(r"worker totals: consumed ([\d,]+), applied ([\d,]+)", text)
     assert totals and int(totals.group(1).replace(",", "")) == published > 3000
     assert "dead_lettered 0" in text and "deletes 1" in text
