@@ -3,6 +3,11 @@
 Runs in the foreground; Ctrl-C (or SIGTERM) stops the worker, flushes pending Qdrant
 writes, and stops the embedded broker. The embedded broker keeps its log in memory:
 stopping `up` loses the events, so the next embedded `up` starts from empty state too.
+
+With the embedded broker, `up` also runs the lag exporter (`streams/lag_exporter.py`) as
+a child process on the port after the worker's (6067 by default), so consumer lag is
+measured from outside the worker as in the docker-compose stack. With `--broker`, run
+`interest-stream lag-exporter` once per consumer group yourself (compose does).
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ import sys
 
 from streams.config import Settings
 from streams.embedded import BrokerError, EmbeddedBroker, ensure_topics
+from streams.supervisor import LagExporterProcess
 
 log = logging.getLogger("streams.serve")
 
@@ -23,6 +29,7 @@ def serve(settings: Settings, embedded: bool) -> int:
 
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     broker = None
+    exporter = None
     try:
         if embedded:
             host, _, port = settings.broker.rpartition(":")
@@ -34,6 +41,8 @@ def serve(settings: Settings, embedded: bool) -> int:
             print(f"embedded broker (Tansu, in-memory log) on {broker.bootstrap}", flush=True)
             _forget_previous_run(settings)
         ensure_topics(settings.broker, settings.partitions)
+        if broker:
+            exporter = _start_lag_exporter(settings)
     except (BrokerError, OSError) as err:
         print(f"error: broker {settings.broker}: {err}", file=sys.stderr)
         if broker:
@@ -61,8 +70,32 @@ def serve(settings: Settings, embedded: bool) -> int:
         print(f"qdrant {settings.qdrant_url or settings.qdrant_path}", flush=True)
         return _run_worker(settings, encoder, sink)
     finally:
+        if exporter:
+            exporter.stop()
         if broker:
             broker.stop()
+
+
+def _start_lag_exporter(settings: Settings) -> LagExporterProcess | None:
+    """The lag exporter next to the worker (port + 1); `up` goes on without it if that
+    port is taken."""
+    if not 0 < settings.web_port < 65535:
+        return None
+    exporter = LagExporterProcess(
+        settings.broker,
+        settings.app_id,
+        settings.data_dir / "lag-exporter.log",
+        host=settings.web_host,
+        port=settings.web_port + 1,
+    )
+    try:
+        exporter.start(timeout=30)
+    except (RuntimeError, TimeoutError) as err:
+        exporter.stop()
+        log.warning("lag exporter not started: %s", err)
+        return None
+    print(f"lag exporter on {exporter.url}/metrics", flush=True)
+    return exporter
 
 
 def _forget_previous_run(settings: Settings) -> None:

@@ -1,4 +1,5 @@
-"""Run `interest-stream up` as a child process and watch it through its HTTP endpoints.
+"""Run `interest-stream up` (and the lag exporter) as child processes and watch them
+through their HTTP endpoints.
 
 Used by the demo, the benchmarks and the integration/reliability tests, which all talk
 to the worker only as a user would: HTTP, the broker, and (once it stopped) Qdrant's
@@ -16,12 +17,81 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 from streams.embedded import free_port
 
 
-class WorkerProcess:
+class ChildProcess:
+    """A child process with its output in `log_path`, up once `ready()` says so."""
+
+    name = "child"
+
+    def __init__(self, log_path: Path, env: dict[str, str] | None = None) -> None:
+        self.log_path = Path(log_path)
+        self.env = env or {}
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def command(self) -> list[str]:
+        raise NotImplementedError
+
+    def ready(self) -> bool:
+        raise NotImplementedError
+
+    def start(self, timeout: float = 90.0) -> Self:
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        cmd = self.command()
+        env = {**os.environ, **self.env}
+        with self.log_path.open("ab") as log:  # the child keeps its own descriptor
+            self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(
+                    f"{self.name} exited with {self.proc.returncode}:\n{self.tail()}"
+                )
+            try:
+                if self.ready():
+                    return self
+            except (OSError, urllib.error.URLError, ValueError):
+                pass
+            time.sleep(0.2)
+        raise TimeoutError(f"{self.name} not up within {timeout:.0f}s:\n{self.tail()}")
+
+    def tail(self, n: int = 60) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])
+        except OSError:
+            return ""
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30.0) -> int:
+        if self.proc is None:
+            return 0
+        self.proc.send_signal(sig)
+        try:
+            code = self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            code = self.proc.wait()
+        self.proc = None
+        return code
+
+    def kill(self) -> None:
+        self.stop(signal.SIGKILL)
+
+    def pause(self) -> None:
+        """SIGSTOP: the process stops consuming, heartbeating and answering."""
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGCONT)
+
+
+class WorkerProcess(ChildProcess):
+    name = "worker"
+
     def __init__(
         self,
         broker: str,
@@ -31,14 +101,12 @@ class WorkerProcess:
         store: str = "rocksdb",
         env: dict[str, str] | None = None,
     ) -> None:
+        super().__init__(Path(data_dir) / "worker.log", env)
         self.broker = broker
         self.data_dir = Path(data_dir)
         self.partitions = partitions
         self.store = store
-        self.env = env or {}
         self.port = free_port()
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.log_path = self.data_dir / "worker.log"
 
     @property
     def url(self) -> str:
@@ -62,29 +130,8 @@ class WorkerProcess:
             self.store,
         ]
 
-    def start(self, timeout: float = 90.0) -> WorkerProcess:
-        self.data_dir.mkdir(parents=True, exist_ok=True)
-        cmd = self.command()
-        log = self.log_path.open("ab")
-        env = {**os.environ, **self.env}
-        self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"worker exited with {self.proc.returncode}:\n{self.tail()}")
-            try:
-                if self.health().get("recovered"):
-                    return self
-            except (OSError, urllib.error.URLError, ValueError):
-                pass
-            time.sleep(0.2)
-        raise TimeoutError(f"worker not up within {timeout:.0f}s:\n{self.tail()}")
-
-    def tail(self, n: int = 60) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])
-        except OSError:
-            return ""
+    def ready(self) -> bool:
+        return bool(self.health().get("recovered"))
 
     def get(self, path: str) -> tuple[int, Any]:
         try:
@@ -113,17 +160,39 @@ class WorkerProcess:
             time.sleep(0.2)
         raise TimeoutError(f"worker not idle after {timeout:.0f}s: {h}\n{self.tail()}")
 
-    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30.0) -> int:
-        if self.proc is None:
-            return 0
-        self.proc.send_signal(sig)
-        try:
-            code = self.proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            code = self.proc.wait()
-        self.proc = None
-        return code
 
-    def kill(self) -> None:
-        self.stop(signal.SIGKILL)
+class LagExporterProcess(ChildProcess):
+    """`streams.lag_exporter` as a child process, up once its /metrics answers."""
+
+    name = "lag exporter"
+
+    def __init__(
+        self,
+        broker: str,
+        group: str,
+        log_path: Path,
+        *,
+        host: str = "127.0.0.1",
+        port: int | None = None,
+        interval_s: float = 5.0,
+    ) -> None:
+        super().__init__(log_path)
+        self.broker, self.group, self.host = broker, group, host
+        self.port = port or free_port()
+        self.interval_s = interval_s
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def command(self) -> list[str]:
+        return [
+            *(sys.executable, "-m", "streams.lag_exporter"),
+            *("--broker", self.broker, "--group", self.group),
+            *("--host", self.host, "--port", str(self.port)),
+            *("--interval", str(self.interval_s)),
+        ]
+
+    def ready(self) -> bool:
+        with urllib.request.urlopen(self.url + "/metrics", timeout=5) as r:
+            return r.status == 200
