@@ -18,16 +18,15 @@ with the user's vectors in hand: no second round trip to fetch them.
 
 from __future__ import annotations
 
-import math
 import re
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from streams.popularity import Popularity
+from streams.ranking_metrics import Calibration
 from streams.record import UserRecord
 from streams.state import CHANNELS, KINDS
 
@@ -81,18 +80,6 @@ def tags_of(query: dict[str, str]) -> list[str]:
     return tags
 
 
-@dataclass(frozen=True)
-class Calibration:
-    """p = σ(β·s + b) on the cosine s between an item and the user's vector."""
-
-    beta: float
-    bias: float
-
-    def p(self, s: float) -> float:
-        z = self.beta * s + self.bias
-        return 1.0 / (1.0 + math.exp(-z)) if z > -700 else 0.0
-
-
 def _cos(a: np.ndarray | None, b: np.ndarray | None) -> float | None:
     if a is None or b is None:
         return None
@@ -112,6 +99,8 @@ class ReadSide:
         popularity: Popularity,
         calibration: Calibration,
         cold_start_min_events: int = 3,
+        prior_weight: float = 0.0,
+        prior_candidates: int = 100,
     ) -> None:
         self.sink = sink
         self.run = run
@@ -119,6 +108,8 @@ class ReadSide:
         self.popularity = popularity
         self.calibration = calibration
         self.cold_start_min_events = cold_start_min_events
+        self.prior_weight = prior_weight
+        self.prior_candidates = prior_candidates
 
     def _record(self, user_id: str) -> UserRecord | None:
         record = self.load(user_id)
@@ -151,26 +142,46 @@ class ReadSide:
                 raise ApiError(
                     409, f"user {user_id!r} has no {granularity} vector yet (no such text)"
                 )
+            # with a popularity prior: the top `prior_candidates` by similarity and by
+            # popularity, re-ranked by score + γ·prior (what `interest-stream eval` measures)
+            blend = self.prior_weight > 0
+            n = max(k, self.prior_candidates) if blend else k
             hits = await self.run(
                 self.sink.recommend_items,
                 target,
-                k,
+                n,
                 exclude=seen,
                 tags=tags,
                 negative=vec["negative"],
             )
+            if blend:
+                have = {h[0] for h in hits}
+                popular = [i for i, _ in self.popularity.top(n, exclude=seen) if i not in have]
+                extra = await self.run(self.sink.get_item_vectors, popular) if popular else {}
+                query = recommend_query(target, vec["negative"])
+                for item_id, (payload, item_vec) in extra.items():
+                    if not tags or set(tags) & set(payload.get("tags", [])):
+                        hits.append((item_id, _cos(item_vec, query) or 0.0, payload, item_vec))
+                hits = rerank_with_prior(
+                    hits, self.popularity.prior([h[0] for h in hits]), self.prior_weight, k
+                )
         terms = dict(st.top_terms(30))
         items = []
-        for item_id, score, payload, item_vec in hits:
-            s = _cos(item_vec, target)
+        for item_id, score, payload, item_vec, *prior in hits:
+            # p calibrates the ranking score; RRF ranks (hybrid) are no similarity, so there
+            # the item's cosine to the fused vector stands in
+            s = _cos(item_vec, target) if granularity == "hybrid" else score
+            why = _why(item_vec, vec, terms, payload)
+            if prior:
+                why["popularity_prior"] = round(prior[0], 4)
             items.append(
                 {
                     "item_id": item_id,
                     "title": payload.get("title"),
                     "tags": payload.get("tags", []),
                     "score": round(score, 6),
-                    "p": None if s is None else round(self.calibration.p(s), 6),
-                    "why": _why(item_vec, vec, terms, payload),
+                    "p": None if s is None else round(float(self.calibration.p(s)), 6),
+                    "why": why,
                 }
             )
         return {
@@ -247,6 +258,32 @@ class ReadSide:
             "user_id": user_id,
             "users": [{"user_id": u, "similarity": round(s, 6)} for u, s in hits],
         }
+
+
+def recommend_query(target: np.ndarray, negative: np.ndarray | None) -> np.ndarray:
+    """The vector Qdrant's `average_vector` recommend query searches with: 2·v − n (v and n
+    unit), or v without a negative; its cosine to an item is the score Qdrant returns.
+
+    >>> recommend_query(np.array([1.0, 0.0]), np.array([0.0, 1.0])).tolist()
+    [2.0, -1.0]
+    """
+    return target if negative is None else 2.0 * target - negative
+
+
+def rerank_with_prior(
+    hits: list[tuple[str, float, dict[str, Any], Any]],
+    priors: list[float],
+    weight: float,
+    k: int,
+) -> list[tuple[str, float, dict[str, Any], Any, float]]:
+    """The k best by score + weight·prior (ties: the earlier hit), each with its prior.
+
+    >>> [h[0] for h in rerank_with_prior([("a", 0.9, {}, None), ("b", 0.8, {}, None)],
+    ...                                  [0.0, 1.0], 0.2, 2)]
+    ['b', 'a']
+    """
+    blended = [(i, s + weight * q, p, v, q) for (i, s, p, v), q in zip(hits, priors, strict=True)]
+    return sorted(blended, key=lambda h: -h[1])[:k]
 
 
 def _why(

@@ -32,13 +32,14 @@ import faust
 import numpy as np
 from faust.streams import _current_event
 
-from streams.api import ApiError, Calibration, ReadSide, user_id_of
+from streams.api import ApiError, ReadSide, user_id_of
 from streams.config import Settings
 from streams.embedded import DLQ_TOPIC, INPUT_TOPICS
 from streams.items import ItemCache
 from streams.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from streams.metrics import Metrics
 from streams.popularity import Popularity
+from streams.ranking_metrics import Calibration
 from streams.record import UserRecord
 from streams.sink import QdrantSink, SyncQueue, UserPoint
 from streams.state import InterestState
@@ -382,6 +383,8 @@ def create_app(settings: Settings, encoder: TextEncoder, sink: QdrantSink) -> fa
         popularity,
         Calibration(settings.calibration_beta, settings.calibration_bias),
         settings.cold_start_min_events,
+        settings.popularity_prior_weight,
+        settings.prior_candidates,
     )
 
     def json_view(handler: Any) -> Any:

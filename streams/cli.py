@@ -235,7 +235,15 @@ def build_parser() -> argparse.ArgumentParser:
     _add_encoder_options(p)
     p.set_defaults(func=cmd_profile)
 
-    from streams import client, movielens, publish
+    from streams import client, evaluate, lag_exporter, movielens, publish
+
+    p = sub.add_parser("eval", help="offline evaluation against baselines (docs/evaluation.md)")
+    evaluate.add_eval_arguments(p)
+    _add_encoder_options(p)
+    p.set_defaults(func=lambda args: evaluate.cmd_eval(args, _encoder))
+
+    p = sub.add_parser("lag-exporter", help="serve the consumer group's lag on /metrics")
+    lag_exporter.add_arguments(p)
 
     p = sub.add_parser("replay", help="publish a JSON Lines replay file to Kafka")
     publish.add_replay_arguments(p)

@@ -52,10 +52,12 @@ class Movie:
     year: int | None
     genres: tuple[str, ...]
 
-    def event(self, ts: float | None) -> dict[str, Any]:
-        # only the genres: boilerplate such as "Released 1977. Genres:" would top every
-        # user's terms, since every item repeats it
+    def event(self, ts: float | None, with_year: bool = False) -> dict[str, Any]:
+        # only the genres (and the bare year): boilerplate such as "Released 1977. Genres:"
+        # would top every user's terms, since every item repeats it
         body = ", ".join(self.genres)
+        if with_year and self.year is not None:
+            body = f"{body}. {self.year}" if body else str(self.year)
         out: dict[str, Any] = {"type": "item", "item_id": self.item_id, "title": self.title}
         if body:
             out["body"] = body
@@ -185,11 +187,13 @@ def movielens_events(
     limit_users: int | None = None,
     min_ratings: int = 0,
     all_items: bool = False,
+    with_year: bool = False,
 ) -> Iterator[dict[str, Any]]:
     """Replay dicts: first one `item` per movie the emitted clicks reference (all 1,682 with
     `all_items`), in id order; then one `click` per rating of the kept users (see
     `select_users`: the first `limit_users` user ids in numeric order with at least
-    `min_ratings` ratings), ordered by (ts, user, item).
+    `min_ratings` ratings), ordered by (ts, user, item). `with_year` appends the release
+    year to the item body (the evaluation's item text: title + genres + year).
 
     >>> ev = list(movielens_events(limit_users=1))
     >>> sum(e["type"] == "item" for e in ev), sum(e["type"] == "click" for e in ev)
@@ -214,7 +218,7 @@ def movielens_events(
     item_ids = movies if all_items else {r.item for r in clicks}
     for item_id in sorted(item_ids, key=_num):
         movie = movies.get(item_id) or Movie(item_id, f"MovieLens movie {item_id}", None, ())
-        yield movie.event(first_seen.get(item_id))
+        yield movie.event(first_seen.get(item_id), with_year)
     for r in clicks:
         yield r.event()
 
@@ -246,11 +250,9 @@ def sample_events(
     yield from heapq.merge(clicks, extra_events, key=lambda e: e["ts"])
 
 
-def write_sample(
-    out: str | Path, *, limit_users: int = DEFAULT_SAMPLE_USERS, root: Path | None = None
-) -> dict[str, int]:
-    """Write the demo replay file (JSON Lines; gzip if the name ends in .gz) and return the
-    number of lines per type. The file appears complete or not at all."""
+def write_events(out: str | Path, events: Iterable[dict[str, Any]]) -> dict[str, int]:
+    """Write replay dicts as JSON Lines (gzip if the name ends in .gz) and return the number
+    of lines per type. The file appears complete or not at all."""
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp")
@@ -259,16 +261,23 @@ def write_sample(
         with ExitStack() as stack:
             f: IO[Any] = stack.enter_context(tmp.open("wb"))
             if out.name.endswith(".gz"):
-                # mtime=0: the same sample gives the same bytes
+                # mtime=0: the same events give the same bytes
                 f = stack.enter_context(gzip.GzipFile(out.name, "wb", fileobj=f, mtime=0))
             text = stack.enter_context(io.TextIOWrapper(f, encoding="utf-8"))
-            for e in sample_events(limit_users, root):
+            for e in events:
                 text.write(json.dumps(e, ensure_ascii=False) + "\n")
                 counts[e["type"]] += 1
         tmp.replace(out)
     finally:
         tmp.unlink(missing_ok=True)
     return {t: counts[t] for t in TYPE_ORDER if counts[t]}
+
+
+def write_sample(
+    out: str | Path, *, limit_users: int = DEFAULT_SAMPLE_USERS, root: Path | None = None
+) -> dict[str, int]:
+    """Write the demo replay file; see `write_events`."""
+    return write_events(out, sample_events(limit_users, root))
 
 
 def add_sample_arguments(parser: argparse.ArgumentParser) -> None:

@@ -31,6 +31,7 @@ class Popularity:
         self.t_ref: float | None = None
         self.latest = -math.inf
         self._score: dict[str, float] = {}
+        self._top = 0.0  # the largest score at t_ref: all decay alike, so it stays the largest
 
     def __len__(self) -> int:
         return len(self._score)
@@ -41,10 +42,11 @@ class Popularity:
         if self.lam * (ts - self.t_ref) > 50:  # re-anchor before exp() grows large
             shrink = math.exp(-self.lam * (ts - self.t_ref))
             self._score = {i: s * shrink for i, s in self._score.items() if s * shrink > 1e-9}
+            self._top *= shrink
             self.t_ref = ts
-        self._score[item_id] = self._score.get(item_id, 0.0) + math.exp(
-            self.lam * (ts - self.t_ref)
-        )
+        score = self._score.get(item_id, 0.0) + math.exp(self.lam * (ts - self.t_ref))
+        self._score[item_id] = score
+        self._top = max(self._top, score)
         self.latest = max(self.latest, ts)
         if len(self._score) > self.max_items:  # forget the least popular tenth
             keep = heapq.nlargest(int(self.max_items * 0.9), self._score.items(), key=_score)
@@ -63,6 +65,27 @@ class Popularity:
             k, ((i, s) for i, s in self._score.items() if i not in skip), key=_score
         )
         return [(i, s * f) for i, s in best]
+
+    def prior(self, item_ids: Iterable[str], at: float | None = None) -> list[float]:
+        """Popularity prior in [0, 1] per item: log1p(count) / log1p(the top count), with
+        decayed counts at `at` (default the newest click); what `interest-stream eval`
+        blends into the score (docs/evaluation.md).
+
+        >>> p = Popularity(half_life_s=10.0)
+        >>> for item in ["a", "a", "a", "b"]:
+        ...     p.add(item, 0.0)
+        >>> [round(x, 3) for x in p.prior(["a", "b", "never"])]
+        [1.0, 0.5, 0.0]
+        """
+        ids = list(item_ids)
+        if self.t_ref is None or self._top <= 0:
+            return [0.0] * len(ids)
+        t = self.latest if at is None else at
+        f = math.exp(-self.lam * (t - self.t_ref))
+        top = math.log1p(self._top * f)
+        if top <= 0:
+            return [0.0] * len(ids)
+        return [math.log1p(self._score.get(i, 0.0) * f) / top for i in ids]
 
 
 def _score(kv: tuple[str, float]) -> float:

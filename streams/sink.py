@@ -474,6 +474,18 @@ class QdrantSink:
         found = self._retrieve(ITEMS, item_ids, item_point_id, vectors=False)
         return {item_id: dict(r.payload or {}) for item_id, r in found}
 
+    def get_item_vectors(
+        self, item_ids: Iterable[str]
+    ) -> dict[str, tuple[dict[str, Any], np.ndarray]]:
+        """(payload without the cached text vectors, item vector) of the items found."""
+        out = {}
+        for item_id, r in self._retrieve(ITEMS, item_ids, item_point_id, vectors=True):
+            vectors = r.vector if isinstance(r.vector, dict) else {}
+            if ITEM_VECTOR in vectors:
+                payload = {k: v for k, v in (r.payload or {}).items() if k != "text"}
+                out[item_id] = (payload, np.asarray(vectors[ITEM_VECTOR], dtype=np.float32))
+        return out
+
     def get_users(
         self, user_ids: Iterable[str], with_vectors: bool = True
     ) -> dict[str, tuple[dict[str, list[float]], dict[str, Any]]]:

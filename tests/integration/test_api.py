@@ -72,7 +72,11 @@ def stack(tmp_path_factory, e5_exported):
     with EmbeddedBroker(log_path=tmp / "tansu.log") as broker:
         ensure_topics(broker.bootstrap, 2)
         worker = WorkerProcess(
-            broker.bootstrap, tmp / "data", env={"INTEREST_API_TOKEN": TOKEN}
+            broker.bootstrap,
+            tmp / "data",
+            # the popularity prior would let the few items clicked here outrank the topic
+            # these tests follow; tests/integration/test_read_side_prior.py covers it
+            env={"INTEREST_API_TOKEN": TOKEN, "INTEREST_POPULARITY_PRIOR_WEIGHT": "0"},
         ).start()
         s = Stack(broker, worker)
         s.send(
