@@ -4,7 +4,7 @@ Exports the encoder if missing, writes the sample replay file (a MovieLens-100k 
 item texts plus hand-written Chinese and English searches and comments), starts the
 embedded broker and `interest-stream up` in the background, replays the file, waits until
 the worker caught up and Qdrant holds every vector, prints a few users' top terms and
-nearest items, and stops everything.
+recommendations, and stops everything.
 """
 
 from __future__ import annotations
@@ -108,6 +108,6 @@ def _show_user(worker: WorkerProcess, user: str) -> None:
     if status != 200:
         _line(f"  recommendations: {rec}")
         return
-    _line("  nearest items:")
+    _line("  recommended (score = similarity + popularity prior, p = calibrated):")
     for item in rec["items"]:
-        _line(f"    {item['score']:.3f}  {item['title']}")
+        _line(f"    {item['score']:.3f}  p {item['p']:.3f}  {item['title']}")

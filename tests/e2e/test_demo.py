@@ -1,5 +1,5 @@
 """`interest-stream demo` as the README runs it (after `make demo` has installed things):
-embedded broker, worker, sample replay, users' terms and nearest items, clean stop."""
+embedded broker, worker, sample replay, users' terms and recommendations, clean stop."""
 
 from __future__ import annotations
 
@@ -33,7 +33,7 @@ def test_demo_replays_the_sample_and_prints_recommendations(tmp_path) -> None:
     # u2 searched for 霸王别姬 (Farewell My Concubine) and rated dramas
     u2 = text.split("\nu2:\n")[1].split("\n\n")[0]
     assert "drama" in u2.split("top terms:")[1].split("\n")[0]
-    assert len(re.findall(r"^    \d\.\d{3}  \S", u2, flags=re.M)) == 5
+    assert len(re.findall(r"^    \d\.\d{3}  p 0\.\d{3}  \S", u2, flags=re.M)) == 5
     # u999 asked to be deleted after three events
     assert "u999:\n  no vectors" in text
     assert re.search(r"done in \d+ s", text)
