@@ -374,6 +374,13 @@ class System:
         self.template: Path | None = None  # a Qdrant directory holding the encoded items
         self.runs = 0
 
+    @property
+    def qdrant_dir(self) -> str:
+        """Where the worker keeps its embedded Qdrant (streams/config.py qdrant_path)."""
+        env = dict(kv.split("=", 1) for kv in self.args.worker_env)
+        edge = self.name == "ours" and env.get("INTEREST_QDRANT_ENGINE") == "edge"
+        return "qdrant-edge" if edge else "qdrant"
+
     def process(self, bootstrap: str, data: Path) -> WorkerProcess:
         if self.name == "ours":
             env = dict(kv.split("=", 1) for kv in self.args.worker_env)
@@ -395,7 +402,7 @@ class System:
         data = d / "data"
         data.mkdir()
         if self.template is not None:
-            shutil.copytree(self.template, data / "qdrant")
+            shutil.copytree(self.template, data / self.qdrant_dir)
         return broker, data
 
     def prepare_items(self, items_file: Path, n_items: int) -> dict[str, Any]:
@@ -413,7 +420,7 @@ class System:
         finally:
             broker.stop()
         self.template = self.tmp / "items-qdrant"
-        shutil.copytree(data / "qdrant", self.template)
+        shutil.copytree(data / self.qdrant_dir, self.template)
         return {
             "publish": pub,
             "startup_s": startup,

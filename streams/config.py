@@ -29,6 +29,9 @@ class Settings(BaseSettings):
     store: Literal["rocksdb", "memory"] = "rocksdb"
     qdrant_url: str | None = None  # None: qdrant-client local mode under data_dir/qdrant
     qdrant_api_key: SecretStr | None = None  # for a Qdrant server that requires one
+    # embedded store without a server: qdrant-client local mode, or Qdrant Edge (Rust,
+    # in-process; streams/edge_client.py), under data_dir/qdrant or data_dir/qdrant-edge
+    qdrant_engine: Literal["local", "edge"] = "local"
     # Kafka security, passed through to the client: SASL (PLAIN or SCRAM) and/or TLS
     kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
     kafka_sasl_username: str | None = None
@@ -94,7 +97,7 @@ class Settings(BaseSettings):
 
     @property
     def qdrant_path(self) -> Path:
-        return self.data_dir / "qdrant"
+        return self.data_dir / ("qdrant-edge" if self.qdrant_engine == "edge" else "qdrant")
 
     @property
     def table_dir(self) -> Path:

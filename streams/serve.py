@@ -61,13 +61,13 @@ def serve(settings: Settings, embedded: bool) -> int:
                 api_key=None if key is None else key.get_secret_value(),
             )
         else:
-            sink = QdrantSink(encoder.dim, path=settings.qdrant_path)
+            sink = QdrantSink(encoder.dim, path=settings.qdrant_path, engine=settings.qdrant_engine)
         try:
             sink.ensure_collections()
         except CollectionMismatchError as err:
             print(f"error: {err}", file=sys.stderr)
             return 2
-        print(f"qdrant {settings.qdrant_url or settings.qdrant_path}", flush=True)
+        print(f"qdrant {settings.qdrant_url or settings.qdrant_path} ({sink.engine})", flush=True)
         return _run_worker(settings, encoder, sink)
     finally:
         if exporter:

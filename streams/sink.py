@@ -290,7 +290,8 @@ class QdrantSink:
     """Synchronous, batched, idempotent writes to the `users` and `items` collections.
 
     Exactly one of `url` (a Qdrant server) or `path` (qdrant-client local mode in that
-    directory; `path=":memory:"` keeps nothing on disk). Local mode locks its directory, so
+    directory; `path=":memory:"` keeps nothing on disk; with `engine="edge"`, Qdrant Edge
+    shards there instead, see streams/edge_client.py). Local mode locks its directory, so
     one process at a time. Errors propagate: retrying is the caller's job (`SyncQueue`).
 
     >>> sink = QdrantSink.memory(dim=3)
@@ -313,6 +314,7 @@ class QdrantSink:
         path: str | Path | None = None,
         timeout: float = 5.0,
         api_key: str | None = None,
+        engine: str = "local",
     ) -> None:
         if type(dim) is not int or dim < 1:
             raise ValueError(f"dim must be a positive int, got {dim!r}")
@@ -326,14 +328,23 @@ class QdrantSink:
         self._lock: contextlib.AbstractContextManager[Any] = (
             threading.Lock() if self.local else contextlib.nullcontext()
         )
+        if engine not in ("local", "edge"):
+            raise ValueError(f"engine must be 'local' or 'edge', got {engine!r}")
         if path is None:
             self.client = QdrantClient(url=url, timeout=max(1, math.ceil(timeout)), api_key=api_key)
+        elif engine == "edge":
+            from streams.edge_client import EdgeClient
+
+            if str(path) == MEMORY:
+                raise ValueError("the edge engine needs a directory, not :memory:")
+            self.client = EdgeClient(path)  # type: ignore[assignment]
         elif str(path) == MEMORY:
             self.client = QdrantClient(location=MEMORY, force_disable_check_same_thread=True)
         else:
             Path(path).mkdir(parents=True, exist_ok=True)
             self.client = QdrantClient(path=str(path), force_disable_check_same_thread=True)
         self.target = url if url is not None else str(path)
+        self.engine = "server" if url is not None else engine
 
     @classmethod
     def memory(cls, dim: int) -> QdrantSink:

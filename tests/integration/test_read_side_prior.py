@@ -45,9 +45,9 @@ async def _run(fn: Any, *args: Any, **kwargs: Any) -> Any:
     return fn(*args, **kwargs)
 
 
-@pytest.fixture
-def sink(tmp_path):
-    with QdrantSink(DIM, path=tmp_path / "qdrant") as s:
+@pytest.fixture(params=["local", "edge"])
+def sink(tmp_path, request):
+    with QdrantSink(DIM, path=tmp_path / "qdrant", engine=request.param) as s:
         s.ensure_collections()
         s.upsert_items([ItemPoint(i, v, {"item_id": i, "title": i}) for i, v in ITEMS.items()])
         yield s

@@ -75,9 +75,15 @@ def store(tmp_path: Path) -> Path:
     return tmp_path / "qdrant"
 
 
+@pytest.fixture(params=["local", "edge"])
+def engine(request: pytest.FixtureRequest) -> str:
+    """The embedded engines: qdrant-client local mode and Qdrant Edge (streams/edge_client.py)."""
+    return request.param
+
+
 @pytest.fixture
-def sink(store: Path) -> Iterator[FlakySink]:
-    s = FlakySink(DIM, path=store)
+def sink(store: Path, engine: str) -> Iterator[FlakySink]:
+    s = FlakySink(DIM, path=store, engine=engine)
     s.ensure_collections()
     yield s
     s.close()
@@ -103,7 +109,7 @@ def test_collections_have_the_named_cosine_vectors(sink: QdrantSink, store: Path
 def test_another_dimension_is_refused_and_nothing_is_dropped(sink: QdrantSink, store) -> None:
     sink.upsert_users([user("u1")])
     sink.close()
-    with QdrantSink(DIM * 2, path=store) as other:
+    with QdrantSink(DIM * 2, path=store, engine=sink.engine) as other:
         with pytest.raises(CollectionMismatchError) as err:
             other.ensure_collections()
         message = str(err.value)
@@ -123,7 +129,9 @@ def test_other_vector_names_are_refused(store: Path) -> None:
 
 # qdrant-client leaks the lock file's handle when the lock is refused (a ResourceWarning)
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
-def test_local_store_is_locked_to_one_client_and_persists(sink: QdrantSink, store) -> None:
+def test_local_store_is_locked_to_one_client_and_persists(store) -> None:
+    sink = QdrantSink(DIM, path=store)
+    sink.ensure_collections()
     with pytest.raises(RuntimeError, match="already accessed"):
         QdrantSink(DIM, path=store)
     sink.upsert_users([user("u1", seed=3)])
@@ -131,6 +139,17 @@ def test_local_store_is_locked_to_one_client_and_persists(sink: QdrantSink, stor
     with QdrantSink(DIM, path=store) as again:
         again.ensure_collections()
         assert again.get_users(["u1"])["u1"][1]["counts"] == {"click": 3}
+
+
+def test_edge_store_persists_across_clients(store) -> None:
+    with QdrantSink(DIM, path=store, engine="edge") as s:
+        s.ensure_collections()
+        s.upsert_users([user("u1", seed=3)])
+        s.upsert_items([ItemPoint("i1", unit(7), {"title": "t"})])
+    with QdrantSink(DIM, path=store, engine="edge") as again:
+        again.ensure_collections()
+        assert again.get_users(["u1"])["u1"][1]["counts"] == {"click": 3}
+        assert again.get_items(["i1"])["i1"]["title"] == "t"
 
 
 # -- users and items -------------------------------------------------------------------------
@@ -321,3 +340,42 @@ def test_queue_refuses_a_point_that_could_never_be_written(sink: FlakySink) -> N
     with pytest.raises(ValueError, match="expected shape"):
         queue.mark(UserPoint("u1", {"fused": np.ones(DIM + 1)}))
     assert queue.pending == 0
+
+
+# -- the two embedded engines answer alike ---------------------------------------------------
+
+
+def test_edge_and_local_mode_answer_every_query_shape_alike(tmp_path: Path) -> None:
+    """Same items and users in both engines: every query the read side makes returns the
+    same ids in the same order, with the same scores (RRF included)."""
+    tags = ["a", "b", "c"]
+    items = [
+        ItemPoint(f"i{n}", unit(1000 + n), {"title": f"t{n}", "tags": [tags[n % 3]]})
+        for n in range(300)
+    ]
+    users = [user(f"u{n}", seed=10 * n) for n in range(40)]
+    answers = {}
+    for engine in ("local", "edge"):
+        with QdrantSink(DIM, path=tmp_path / engine, engine=engine) as s:
+            s.ensure_collections()
+            s.upsert_items(items)
+            s.upsert_users(users)
+            got = []
+            for q in range(15):
+                v, neg = unit(5000 + q), unit(6000 + q)
+                got.append(s.recommend_items(v, 10, exclude=[f"i{q}", f"i{q + 1}"]))
+                got.append(s.recommend_items(v, 10, tags=["b"], negative=neg))
+                got.append(s.recommend_items(None, 10, prefetch=[v, neg, unit(7000 + q)]))
+                got.append(s.nearest_items(v, 5, exclude=[f"i{q}"]))
+                got.append(s.nearest_users(v, 5, exclude=["u1"]))
+            answers[engine] = got
+    for local, edge in zip(answers["local"], answers["edge"], strict=True):
+        assert len(local) > 0
+        assert np.allclose([h[1] for h in local], [h[1] for h in edge], atol=1e-5)
+        # equal scores may come in either order (RRF ties a lot), and a tie at the cut
+        # may keep either item: compare ids per score above the last score
+        last = local[-1][1]
+        above_l = {h[0]: h[1] for h in local if h[1] > last + 1e-4}
+        above_e = {h[0]: h[1] for h in edge if h[1] > last + 1e-4}
+        assert above_l.keys() == above_e.keys(), (local, edge)
+        assert all(abs(above_l[i] - above_e[i]) < 1e-5 for i in above_l)
