@@ -540,7 +540,7 @@ class InterestState:
 
         Done automatically before exponents exceed `params.reanchor_at`.
         """
-        if not self._terms and not self._SW.any():  # nothing to rescale
+        if not self._terms and not np.count_nonzero(self._SW):  # nothing to rescale
             self._t_ref = float(t)
             return
         exponent = self.params.decay_rates * (float(t) - self._t_ref)
@@ -1042,11 +1042,12 @@ def apply_batch(states: Sequence[InterestState], batch: EventBatch) -> np.ndarra
 
     The arithmetic runs in numpy over the whole batch: events are grouped by user with one
     stable argsort, decay factors and coefficients are computed for all events at once, and
-    each event's vectors are gathered and scaled in one pass ([events, 3, d+1]: S and ΔW
-    together), so a user costs one in-place add. Only bookkeeping (offsets, items, terms)
-    loops in Python. Idempotence is per (user, topic, partition) exactly as in `update`,
-    duplicates inside the batch included. Nothing changes when the batch is rejected
-    (ValueError). Returns a bool mask of the applied events.
+    each event's vectors ([3, d+1]: S and ΔW together) are gathered, scaled and summed per
+    user in a few vectorised steps per chunk of users (`_add_vectors`), so a user costs one
+    in-place add. Only bookkeeping (offsets, items, terms) loops in Python, per entry.
+    Idempotence is per (user, topic, partition) exactly as in `update`, duplicates inside
+    the batch included. Nothing changes when the batch is rejected (ValueError). Returns a
+    bool mask of the applied events.
 
     >>> states = [InterestState(dim=2), InterestState(dim=2)]
     >>> tv = summarize(document_vector=np.array([0.0, 5.0]))
@@ -1070,19 +1071,20 @@ def apply_batch(states: Sequence[InterestState], batch: EventBatch) -> np.ndarra
     if not np.isfinite(vectors.sum()) and not np.isfinite(vectors).all():
         raise ValueError("non-finite values in batch.vectors")
 
-    # 1. Idempotence, staged so nothing changes before validation passed.
+    # 1. Events grouped by user (stable: arrival order within a user); idempotence staged
+    #    so nothing changes before validation passed.
+    order = np.argsort(user, kind="stable")
     staged: dict[int, dict[tuple[str, int], int]] = {}
+    rows = order  # batch row of each applied event, in user order
     if batch.source is not None:
         for key in batch.sources:
             _check_source(key, 0, states[int(user[0])].params)
-        staged = _stage_offsets(states, user, batch, applied)
-    idx = np.flatnonzero(applied)
-    if idx.size == 0:
+        staged = _stage_offsets(states, user, order, batch, applied)
+        rows = order[applied[order]]
+    if rows.size == 0:
         return applied
 
-    # 2. Applied events grouped by user (stable: arrival order within a user).
-    order = np.argsort(user[idx], kind="stable")
-    rows = idx[order]  # batch row of each applied event, in user order
+    # 2. Users of the applied events.
     grouped = user[rows]
     starts = np.flatnonzero(np.concatenate([[True], grouped[1:] != grouped[:-1]]))
     bounds = np.append(starts, len(rows))
@@ -1094,7 +1096,7 @@ def apply_batch(states: Sequence[InterestState], batch: EventBatch) -> np.ndarra
             raise ValueError("all states of a batch must share the same StateParams")
         if st.dim != dim:
             raise ValueError(f"state of dimension {st.dim} in a batch of dimension {dim}")
-    who = np.repeat(np.arange(n_users), np.diff(bounds))  # user slot of each event
+    who = np.repeat(np.arange(n_users), bounds[1:] - bounds[:-1])  # user slot of each event
     ts = np.asarray(batch.ts, dtype=np.float64)[rows]
     t_min = np.minimum.reduceat(ts, starts)
     t_max = np.maximum.reduceat(ts, starts)
@@ -1103,123 +1105,239 @@ def apply_batch(states: Sequence[InterestState], batch: EventBatch) -> np.ndarra
     #    even if a later step failed), then coefficients for all events at once.
     lam = params.decay_rates
     t_ref = np.fromiter((st._t_ref for st in touched), dtype=np.float64, count=n_users)
-    for k in np.flatnonzero(params.max_decay_rate * (t_max - t_ref) > params.reanchor_at).tolist():
-        touched[k].reanchor(t_max[k])
-        t_ref[k] = t_max[k]
+    far = (params.max_decay_rate * (t_max - t_ref) > params.reanchor_at).nonzero()[0]
+    if far.size:
+        t_max_l = t_max.tolist()
+        for k in far.tolist():
+            touched[k].reanchor(t_max_l[k])
+        t_ref[far] = t_max[far]
     f = np.exp(np.outer(ts - t_ref[who], lam))  # [m, 4]; exponents <= reanchor_at
     w = np.asarray(batch.weight, dtype=np.float64)[rows]
     pos, neg = np.maximum(w, 0.0), np.maximum(-w, 0.0)
-    counts = vectors[rows, :, dim].astype(np.float64)  # [m, 3]: words, sentences, document
+    counts = vectors[:, :, dim].astype(np.float64)[rows]  # [m, 3]: words, sentences, document
     gain = pos[:, None] * f[:, :3] * (counts > 0)  # ΔW per granularity
     scale = gain / np.maximum(counts, 1.0)  # per summed unit vector
     neg_gain = neg * f[:, NEGATIVE] * (counts[:, DOCUMENT] > 0)
-    per_user = np.zeros((n_users, 4), dtype=np.int64)
-    np.add.at(per_user, (who, np.asarray(batch.kind)[rows]), 1)
+    per_user = np.bincount(
+        who * len(COUNTERS) + np.asarray(batch.kind)[rows], minlength=n_users * len(COUNTERS)
+    ).reshape(n_users, len(COUNTERS))
     per_user[:, NEGATIVE] = np.add.reduceat((w < 0).astype(np.int64), starts)
 
-    # 4. Commit, in chunks of whole users to bound memory: one gather-and-scale per chunk,
-    #    then one add per user (the count column times its scale is exactly ΔW).
-    counts_l, t_min_l, t_max_l = per_user.tolist(), t_min.tolist(), t_max.tolist()
-    bounds_l = bounds.tolist()
-    k0 = 0
-    while k0 < n_users:
-        k1 = int(np.searchsorted(bounds, bounds[k0] + _CHUNK, side="right")) - 1
-        k1 = min(max(k1, k0 + 1), n_users)
-        a0, a1 = bounds_l[k0], bounds_l[k1]
-        block = vectors[rows[a0:a1]]
-        block *= scale[a0:a1, :, None].astype(block.dtype)
-        for k in range(k0, k1):
-            st = touched[k]
-            a, b = bounds_l[k] - a0, bounds_l[k + 1] - a0
-            st._SW[:3] += block[a] if b - a == 1 else block[a:b].sum(axis=0)
-            c, r = st._counts, counts_l[k]
-            st._counts = [c[0] + r[0], c[1] + r[1], c[2] + r[2], c[3] + r[3]]
-            st._first = min(st._first, t_min_l[k])
-            st._last = max(st._last, t_max_l[k])
-        k0 = k1
-    negative = np.flatnonzero(neg_gain)  # negative feedback: rarer, one add per event
+    # 4. Commit: vectors (the count column times its scale is exactly ΔW), offsets.
+    _add_vectors(touched, vectors, rows, scale, bounds)
+    negative = neg_gain.nonzero()[0]  # negative feedback: rarer, one add per event
     if negative.size:
         block = vectors[rows[negative], DOCUMENT]  # unit vector and count 1: gain × both
         block *= neg_gain[negative, None].astype(block.dtype)
-        for j, k in enumerate(who[negative].tolist()):
-            touched[k]._SW[NEGATIVE] += block[j]
+        for k, row in zip(who[negative].tolist(), block.astype(np.float64), strict=True):
+            touched[k]._SW[NEGATIVE] += row
     for u, offsets in staged.items():
         states[u]._offsets = offsets
-
-    # 5. Items and terms: Python per entry, hoisted per user.
-    rows_l, ts_l = rows.tolist(), ts.tolist()
+    # 5. Items and terms: Python per entry, in arrival order (each user's events keep their
+    #    order, and the batch's entries are read where they lie in memory); then counters,
+    #    byte counts and pruning per user.
+    arrival = np.sort(rows)  # the applied events in arrival order
+    at = np.empty(n, dtype=np.int64)
+    at[rows] = np.arange(len(rows))
+    at = at[arrival]  # their places in the per-event arrays above (user order)
+    slot = who[at].tolist()
     if batch.items is not None:
-        items, id_limit = batch.items, params.max_item_id_bytes
-        for k, st in enumerate(touched):
-            seen, added = st._items, 0
-            for j in range(bounds_l[k], bounds_l[k + 1]):
-                item = items[rows_l[j]]
-                if item is None:
-                    continue
-                size = len(item) if item.isascii() else len(item.encode("utf-8"))
-                if size > id_limit:
-                    continue  # too long to keep compactly; not tracked (as in `update`)
-                t = ts_l[j]
-                second = int(t) if 0.0 <= t < 4294967296.0 else _second(t)
-                old = seen.get(item)
-                if old is None:
-                    seen[item] = second
-                    added += 5 + size
-                elif second > old:
-                    seen[item] = second
-            if added:
-                st._items_bytes += added
-                st._prune_items()
+        second = np.minimum(np.maximum(np.floor(ts[at]), 0.0), 0xFFFFFFFF).astype(np.int64)
+        items = _trackable_items(batch.items, params.max_item_id_bytes)
+        items_added = _merge_items(touched, items, arrival.tolist(), slot, second.tolist())
     if batch.terms is not None:
-        terms, c_l = batch.terms, scale[:, WORD].tolist()
-        for k, st in enumerate(touched):
-            d = st._terms
-            added = 0
-            for j in range(bounds_l[k], bounds_l[k + 1]):
-                c = c_l[j]
-                if c > 0:
-                    for key, count in terms[rows_l[j]]:
-                        old = d.get(key)
-                        if old is None:
-                            d[key] = c * count
-                            added += 5 + (len(key) if key.isascii() else len(key.encode()))
-                        else:
-                            d[key] = old + c * count
-            st._terms_bytes += added
+        coef = scale[at, WORD]  # per occurrence of a word
+        use = coef > 0
+        terms_added = _merge_terms(
+            touched,
+            batch.terms,
+            arrival[use].tolist(),
+            list(itertools.compress(slot, use.tolist())),
+            coef[use].tolist(),
+        )
+    counts_l, t_min_l, t_max_l = per_user.tolist(), t_min.tolist(), t_max.tolist()
+    for k, st in enumerate(touched):
+        c, r = st._counts, counts_l[k]
+        st._counts = [c[0] + r[0], c[1] + r[1], c[2] + r[2], c[3] + r[3]]
+        st._first = min(st._first, t_min_l[k])
+        st._last = max(st._last, t_max_l[k])
+        if batch.items is not None and items_added[k]:
+            st._items_bytes += items_added[k]
+            st._prune_items()
+        if batch.terms is not None:
+            st._terms_bytes += terms_added[k]
             st._prune_terms()
     return applied
 
 
-_CHUNK = 4096  # events per gathered block: ~19 MB of float32 at d=384
+_CHUNK = 1024  # events per gathered block (~4.7 MB of float32 at d=384: stays in cache)
+_LONG = 16  # users with more events than this in a batch are summed one by one
+_FEW = 8  # batches of at most this many users: each user with 2+ events summed on its own
+
+
+def _add_vectors(
+    touched: Sequence[InterestState],
+    vectors: np.ndarray,
+    rows: np.ndarray,
+    scale: np.ndarray,
+    bounds: np.ndarray,
+) -> None:
+    """Per user k: S and W += Σ vectors[rows[j]] × scale[j] over its events j (arrival order).
+
+    Products and the per-user sums are in the dtype of `vectors` (float32 stays float32),
+    then added to the float64 state. Users with few events (nearly all) are summed together
+    in chunks, step by step: the first event of every user of the chunk, then the second of
+    those with two or more, and so on; one vectorised add per step, and each user's sum is
+    still accumulated in arrival order, exactly as a loop over its rows would.
+    """
+    dtype = vectors.dtype
+    scale = scale.astype(dtype)[:, :, None]
+    lens = bounds[1:] - bounds[:-1]
+    # one by one: users with many events, and in a small batch all with more than one
+    many = lens > (_LONG if len(lens) > _FEW else 1)
+    for k in many.nonzero()[0].tolist():
+        a, b = int(bounds[k]), int(bounds[k + 1])
+        block = vectors[rows[a:b]]
+        block *= scale[a:b]
+        touched[k]._SW[:3] += block.sum(axis=0)
+    short = (~many).nonzero()[0]
+    if not short.size:
+        return
+    # chunks of whole users, about _CHUNK events each
+    n_short = lens[short]
+    done = np.cumsum(n_short) - n_short  # events before each short user
+    chunk = done // _CHUNK
+    starts = np.concatenate([[0], (chunk[1:] != chunk[:-1]).nonzero()[0] + 1])
+    cuts = [*starts.tolist(), len(short)]
+    biggest = int(np.add.reduceat(n_short, starts).max())  # < _CHUNK + _LONG events
+    buffer = np.empty((biggest, *vectors.shape[1:]), dtype)  # reused, so it stays in cache
+    for s0, s1 in itertools.pairwise(cuts):
+        ks, n_k = short[s0:s1], n_short[s0:s1]
+        if n_k.max() == 1:
+            steps, pos = [len(ks)], bounds[ks]
+        else:
+            by_len = np.argsort(-n_k, kind="stable")
+            ks, n_k = ks[by_len], n_k[by_len]  # most events first
+            steps = np.searchsorted(-n_k, -np.arange(n_k[0]), side="left").tolist()
+            # step j holds event j of the first steps[j] users: their positions in `rows`
+            j = np.repeat(np.arange(len(steps)), steps)
+            step_at = np.cumsum(steps) - steps
+            pos = bounds[ks][np.arange(len(j)) - step_at[j]] + j
+        block = np.take(vectors, rows[pos], axis=0, out=buffer[: len(pos)], mode="clip")
+        block *= scale[pos]
+        sums = block[: steps[0]]
+        if len(steps) > 1:  # as `block[a:b].sum(axis=0)`, which starts from +0.0: -0.0 → 0.0
+            sums[: steps[1]] += 0.0
+        at = steps[0]
+        for m in steps[1:]:
+            sums[:m] += block[at : at + m]
+            at += m
+        for k, s in zip(ks.tolist(), sums.astype(np.float64, copy=False), strict=True):
+            touched[k]._SW[:3] += s
+
+
+def _merge_items(
+    touched: Sequence[InterestState],
+    items: Sequence[str | None],
+    rows: list[int],
+    slot: list[int],
+    second: list[int],
+) -> list[int]:
+    """Remember `items[rows[i]]` seen at `second[i]` by user slot `slot[i]`, as `_see` does
+    (ids too long to track are None already, see `_trackable_items`); returns the bytes
+    added per user."""
+    seen = [st._items for st in touched]
+    added = [0] * len(touched)
+    for item, k, t in zip(map(items.__getitem__, rows), slot, second, strict=True):
+        if item is not None:
+            d = seen[k]
+            old = d.get(item)
+            if old is None:
+                d[item] = t
+                added[k] += 5 + (len(item) if item.isascii() else len(item.encode()))
+            elif t > old:
+                d[item] = t
+    return added
+
+
+def _merge_terms(
+    touched: Sequence[InterestState],
+    terms: Sequence[Iterable[tuple[str, int]]],
+    rows: list[int],
+    slot: list[int],
+    c: list[float],
+) -> list[int]:
+    """Add `terms[rows[i]]` with coefficient `c[i]` to user slot `slot[i]`, as `_add_terms`
+    does; returns the bytes added per user."""
+    weights = [st._terms for st in touched]
+    added = [0] * len(touched)
+    for pairs, k, cj in zip(map(terms.__getitem__, rows), slot, c, strict=True):
+        d = weights[k]
+        for key, count in pairs:
+            old = d.get(key)
+            if old is None:
+                d[key] = cj * count
+                added[k] += 5 + (len(key) if key.isascii() else len(key.encode()))
+            else:
+                d[key] = old + cj * count
+    return added
+
+
+def _trackable_items(items: Sequence[str | None], limit: int) -> Sequence[str | None]:
+    """`items` with None for ids over `limit` UTF-8 bytes (not tracked, as in `update`)."""
+    ids = list(filter(None, items))  # ("" fits, whatever the limit)
+    longest = max(map(len, ids), default=0)
+    if longest * 4 <= limit or (longest <= limit and "".join(ids).isascii()):
+        return items  # the usual case: every id fits, settled without a Python loop
+    return [None if item is None or len(item.encode("utf-8")) > limit else item for item in items]
 
 
 def _stage_offsets(
-    states: Sequence[InterestState], user: np.ndarray, batch: EventBatch, applied: np.ndarray
+    states: Sequence[InterestState],
+    user: np.ndarray,
+    order: np.ndarray,
+    batch: EventBatch,
+    applied: np.ndarray,
 ) -> dict[int, dict[tuple[str, int], int]]:
     """Mark replayed events in `applied`; return each touched user's new offsets dict.
 
-    Event by event in arrival order, exactly as `update` would: an event applies iff its
-    offset exceeds the last applied one of its (topic, partition), counting earlier events
-    of the same batch and the evictions of the bounded offsets dict. (A vectorised version,
-    one lookup per (user, source) group, was slower for batches under ~100k events.)
+    Event by event in arrival order (users one after another, `order` groups them), exactly
+    as `update` would: an event applies iff its offset exceeds the last applied one of its
+    (topic, partition), counting earlier events of the same batch and the evictions of the
+    bounded offsets dict. (A vectorised version, one lookup per (user, source) group, was
+    slower for batches under ~100k events.)
     """
     staged: dict[int, dict[tuple[str, int], int]] = {}
-    sources, user_l = batch.sources, user.tolist()
-    src_l, off_l = np.asarray(batch.source).tolist(), np.asarray(batch.offset).tolist()
-    for i, src in enumerate(src_l):
-        if src < 0:
-            continue
-        u, key, off = user_l[i], sources[src], off_l[i]
-        offsets = staged.get(u)
-        if offsets is None:
-            offsets = staged[u] = dict(states[u]._offsets)
-        last = offsets.get(key)
-        if last is not None:
-            if off <= last:
-                applied[i] = False
+    source = np.asarray(batch.source)[order]
+    if source.size and source.max() >= len(batch.sources):
+        raise IndexError("batch.source indexes past batch.sources")
+    sources = [*batch.sources, None]  # a negative source: no offset
+    keys = list(map(sources.__getitem__, np.maximum(source, -1).tolist()))
+    offs = np.asarray(batch.offset)[order].tolist()
+    grouped = user[order]
+    starts = np.flatnonzero(np.concatenate([[True], grouped[1:] != grouped[:-1]]))
+    ends = [*starts[1:].tolist(), len(order)]
+    replayed = []
+    for u, a, b in zip(grouped[starts].tolist(), starts.tolist(), ends, strict=True):
+        offsets = None
+        for j in range(a, b):
+            key = keys[j]
+            if key is None:
                 continue
-            del offsets[key]  # re-inserted below: least recently applied first
-        offsets[key] = off
-        if len(offsets) > states[u].params.max_sources:
-            del offsets[next(iter(offsets))]
+            if offsets is None:
+                st = states[u]
+                offsets = staged[u] = dict(st._offsets)
+                limit = st.params.max_sources
+            off = offs[j]
+            last = offsets.get(key)
+            if last is not None:
+                if off <= last:
+                    replayed.append(j)
+                    continue
+                del offsets[key]  # re-inserted below: least recently applied first
+            offsets[key] = off
+            if len(offsets) > limit:
+                del offsets[next(iter(offsets))]
+    if replayed:
+        applied[order[replayed]] = False
     return staged

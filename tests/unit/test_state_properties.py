@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from unittest import mock
 
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+import streams.state as state_module
 from streams.state import (
     DAY,
     DEFAULT_PARAMS,
@@ -376,6 +378,43 @@ def test_batch_apply_equals_sequential_apply(raws, data):
     for s, b in zip(sequential, batched, strict=True):
         assert_same(snapshot(s, t), snapshot(b, t))
         assert s.offsets == b.offsets
+
+
+@FAST
+@given(
+    raws=seeded_events(1, 150, t_max=30 * DAY, t0=1.7e9),
+    n_users=st.integers(1, 12),
+    seed=st.integers(0, 2**32 - 1),
+)
+def test_batch_sums_each_users_events_bit_for_bit_however_chunked(raws, n_users, seed):
+    """`apply_batch` sums float32 rows user by user in arrival order, however it chunks.
+
+    The reference sums every user with two or more events with one `rows.sum(axis=0)`
+    (`_LONG = 1`), as a loop over users would; the other settings add the users of a chunk
+    together, step by step (`_FEW = 0`: small batches too). Signed zeros too: -0.0 inputs
+    on -0.0 states.
+    """
+    rng = np.random.default_rng(seed)
+    users = rng.integers(0, n_users, len(raws)).tolist()
+    if n_users > 1:
+        users[: len(users) // 3] = [0] * (len(users) // 3)  # a heavy user: > _LONG events
+    batch = EventBatch.from_events(users, with_offsets(raws), DIM, dtype=np.float32)
+    vectors = np.where(rng.random(batch.vectors.shape) < 0.05, -0.0, batch.vectors)
+    batch = EventBatch(**{**batch.__dict__, "vectors": vectors.astype(np.float32)})
+    results = []
+    defaults = (state_module._CHUNK, state_module._LONG, state_module._FEW)
+    for chunk, long, few in (defaults, (defaults[0], defaults[1], 0), (3, 2, 0), (10**9, 1, 0)):
+        states = [InterestState(DIM) for _ in range(n_users)]
+        for s in states:
+            s._SW[:, ::3] = -0.0
+        with (
+            mock.patch.object(state_module, "_CHUNK", chunk),
+            mock.patch.object(state_module, "_LONG", long),
+            mock.patch.object(state_module, "_FEW", few),
+        ):
+            applied = apply_batch(states, batch)
+        results.append((applied.tolist(), [s._SW.tobytes() + s.to_bytes() for s in states]))
+    assert all(r == results[-1] for r in results)
 
 
 @FAST
