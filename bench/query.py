@@ -330,7 +330,9 @@ def import_edge() -> Any:
     return qdrant_edge
 
 
-def build_edge(qe: Any, data: Data, where: Path) -> tuple[Any, Any, dict[str, float]]:
+def build_edge(
+    qe: Any, data: Data, where: Path, index: bool = True
+) -> tuple[Any, Any, dict[str, float]]:
     def shard(name: str, vectors: tuple[str, ...]) -> Any:
         params = {v: qe.EdgeVectorParams(size=DIM, distance=qe.Distance.Cosine) for v in vectors}
         return qe.EdgeShard.create(str(where / name), qe.EdgeConfig(vectors=params))
@@ -349,7 +351,8 @@ def build_edge(qe: Any, data: Data, where: Path) -> tuple[Any, Any, dict[str, fl
         items.update(qe.UpdateOperation.upsert_points(batch))
     t_items = time.perf_counter() - t
     t = time.perf_counter()
-    items.optimize()
+    if index:  # the worker's edge engine never builds the index: brute force in Rust
+        items.optimize()
     items.flush()
     t_index = time.perf_counter() - t
     t = time.perf_counter()
@@ -511,7 +514,7 @@ def run_size(
             errors.update({f"local {k}": v for k, v in errs.items()})
             tagged.update({f"local|{k}": c for k, c in cells.items()})
         if "edge" in engines and qe is not None:
-            items, users, build = build_edge(qe, data, Path(tmp) / "edge")
+            items, users, build = build_edge(qe, data, Path(tmp) / "edge", args.edge_index)
             closers += [items.close, users.close]
             builds["edge"] = build
             print(
@@ -639,6 +642,12 @@ def main() -> int:
     ap.add_argument("--warmup", type=int, default=10, help="untimed users first")
     ap.add_argument("--cap", type=float, default=200.0, help="seconds of timing per size")
     ap.add_argument("--hnsw-ef", type=int, help="edge: HNSW ef at query time (default: Qdrant's)")
+    ap.add_argument(
+        "--no-edge-index",
+        dest="edge_index",
+        action="store_false",
+        help="edge: no HNSW index, as the worker's edge engine runs (brute force)",
+    )
     ap.add_argument("--out", help="file name under bench/out (default query.json)")
     ap.add_argument("--memory", action="store_true", help="local mode in memory, not on disk")
     ap.add_argument("--write-results", action="store_true", help="update bench/RESULTS.md")
