@@ -22,7 +22,7 @@ import numpy as np
 from tqdm import tqdm
 
 from streams.events import ClickEvent, CommentEvent, DeleteEvent, ItemEvent, SearchEvent
-from streams.profile import encoded_event
+from streams.profile import encoded_event, text_of
 from streams.replay import ReplayReport, read_events
 from streams.state import KINDS, EventBatch, TextVectors
 
@@ -114,7 +114,7 @@ def load_log(paths: Sequence[str | Path], limit_users: int | None = None) -> Log
             item = item_index.get(getattr(ev, "item_id", None) or "", -1)
             if isinstance(ev, ClickEvent) and item < 0:
                 unknown += 1
-            text = _text_of(ev, items)
+            text = text_of(ev, items)
             if text is not None:
                 texts.setdefault(text, -1)
             cols["user"].append(u)
@@ -143,17 +143,6 @@ def load_log(paths: Sequence[str | Path], limit_users: int | None = None) -> Log
         duplicates=duplicates,
         unknown_items=unknown,
     )
-
-
-def _text_of(ev: UserEvent, items: dict[str, ItemEvent]) -> tuple[str, str] | None:
-    """(kind, text) the worker would encode for this event, as in `streams.profile`."""
-    if isinstance(ev, SearchEvent):
-        return ("query", ev.query)
-    if isinstance(ev, CommentEvent):
-        return ("query", ev.text)
-    item = items.get(ev.item_id)
-    text = item.text() if item is not None else ev.text
-    return ("passage", text) if text and text.strip() else None
 
 
 # ---------------------------------------------------------------------------------------

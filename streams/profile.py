@@ -73,7 +73,7 @@ def build_profile(
     events.sort(key=lambda e: e.ts)
 
     # each event's text, decided once: item texts as passages, what users write as queries
-    texts = [_text_of(ev, items) for ev in events]
+    texts = [text_of(ev, items) for ev in events]
     missing = sum(t is None for t in texts)
     vectors: dict[tuple[str, str], TextVectors] = {}
     for kind in ("passage", "query"):
@@ -89,7 +89,7 @@ def build_profile(
     return Profile(user_id, state, at, applied, duplicates, missing, reports)
 
 
-def _text_of(ev: UserEvent, items: dict[str, ItemEvent]) -> tuple[str, str] | None:
+def text_of(ev: UserEvent, items: dict[str, ItemEvent]) -> tuple[str, str] | None:
     """(kind, text) the event contributes, or None for a click on an item with no text."""
     if isinstance(ev, SearchEvent):
         return ("query", ev.query)
