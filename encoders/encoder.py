@@ -157,7 +157,7 @@ class Encoder:
         budget = self.max_length - 2 - len(prefix_ids)
 
         out, k = [], 0
-        for sents in sentence_lists:
+        for i, sents in enumerate(sentence_lists):
             ids = [self.cls_id, *prefix_ids]
             words: list[Word] = []
             sentence_words: list[list[int]] = []
@@ -184,6 +184,8 @@ class Encoder:
                 sentence_words.append(content or list(range(first, len(words))))
                 kept.append(sent)
                 ids.extend(tids)
+            if not sentence_words:  # only characters the tokenizer drops (zero-width, BOM)
+                raise EmptyTextError(f"text #{i} has no tokens: {texts[i][:40]!r}")
             ids.append(self.sep_id)
             out.append(_Prepared(ids, words, sentence_words, kept, truncated))
         return out

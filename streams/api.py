@@ -31,8 +31,10 @@ from streams.record import UserRecord
 from streams.state import CHANNELS, KINDS
 
 GRANULARITIES = ("fused", "word", "sentence", "document", "hybrid")
-_ID = re.compile(r"^[A-Za-z0-9_.:@\-]{1,128}$")  # the event schema's id rule
-_TAG = re.compile(r"^[^,\x00-\x1f]{1,64}$")
+# the event schema's id rule; used with fullmatch (re's `$` also matches before a final
+# newline, which would let "alice\n" through)
+_ID = re.compile(r"[A-Za-z0-9_.:@\-]{1,128}")
+_TAG = re.compile(r"[^,\x00-\x1f]{1,64}")
 
 
 class ApiError(Exception):
@@ -45,7 +47,7 @@ class ApiError(Exception):
 
 
 def user_id_of(raw: str) -> str:
-    if not _ID.match(raw):
+    if not _ID.fullmatch(raw):
         raise ApiError(400, "user_id must be 1-128 characters of A-Z a-z 0-9 _ . : @ -")
     return raw
 
@@ -57,7 +59,7 @@ def int_param(query: dict[str, str], name: str, default: int, lo: int, hi: int) 
     try:
         value = int(raw)
     except ValueError:
-        raise ApiError(400, f"{name} must be an integer, got {raw!r}") from None
+        raise ApiError(400, f"{name} must be an integer, got {raw[:32]!r}") from None
     if not lo <= value <= hi:
         raise ApiError(400, f"{name} must be in {lo}..{hi}, got {value}")
     return value
@@ -66,7 +68,9 @@ def int_param(query: dict[str, str], name: str, default: int, lo: int, hi: int) 
 def granularity_of(query: dict[str, str]) -> str:
     g = query.get("granularity", "fused")
     if g not in GRANULARITIES:
-        raise ApiError(400, f"granularity must be one of {', '.join(GRANULARITIES)}, got {g!r}")
+        raise ApiError(
+            400, f"granularity must be one of {', '.join(GRANULARITIES)}, got {g[:32]!r}"
+        )
     return g
 
 
@@ -75,7 +79,7 @@ def tags_of(query: dict[str, str]) -> list[str]:
     if raw is None or raw == "":
         return []
     tags = [t.strip() for t in raw.split(",") if t.strip()]
-    if not tags or len(tags) > 20 or not all(_TAG.match(t) for t in tags):
+    if not tags or len(tags) > 20 or not all(_TAG.fullmatch(t) for t in tags):
         raise ApiError(400, "tags must be a comma-separated list of up to 20 tags")
     return tags
 

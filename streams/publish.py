@@ -264,19 +264,46 @@ async def publish(
 
 
 async def send_records(
-    bootstrap: str, records: list[tuple[str, bytes | None, bytes | None]]
-) -> None:
+    bootstrap: str, records: list[tuple[str, bytes | None, bytes | None]], **options: Any
+) -> list[Any]:
     """Publish (topic, key, value) records as they are and wait until all are acknowledged
-    (tests, benchmarks and tools that need exact bytes, bad ones included)."""
+    (tests, benchmarks and tools that need exact bytes, bad ones included). Returns each
+    record's metadata (partition, offset); `options` go to AIOKafkaProducer (say
+    max_request_size, for messages over its 1 MiB default)."""
     from aiokafka import AIOKafkaProducer
 
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=5)
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=5, **options)
     await producer.start()
     try:
         futures = [await producer.send(t, v, key=k) for t, k, v in records]
-        await asyncio.gather(*futures)
+        return list(await asyncio.gather(*futures))
     finally:
         await producer.stop()
+
+
+async def read_records(
+    bootstrap: str, topic: str, expect: int, timeout: float = 20.0, **options: Any
+) -> list[Any]:
+    """Read every partition of `topic` from its start until `expect` records arrived or
+    `timeout` passed; returns aiokafka ConsumerRecords (tests, benchmarks and tools).
+    Tansu's end offsets are not the log end, so "read to the end" is not an option."""
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, **options)
+    await consumer.start()
+    try:
+        tps = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or [0]]
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        out: list[Any] = []
+        deadline = asyncio.get_running_loop().time() + timeout
+        while len(out) < expect and asyncio.get_running_loop().time() < deadline:
+            batch = await consumer.getmany(timeout_ms=500)
+            for msgs in batch.values():
+                out += msgs
+        return out
+    finally:
+        await consumer.stop()
 
 
 def json_records(records: list[tuple[str, str, dict]]) -> list[tuple[str, bytes, bytes]]:

@@ -679,7 +679,7 @@ class SyncQueue:
         self._points: dict[str, UserPoint | Callable[[], UserPoint]] = {}
         self._deletes: dict[str, None] = {}  # an ordered set
         self.dropped = 0  # lazily built points that failed to build (a bug: logged)
-        self._in_flight = 0
+        self._in_flight: set[str] = set()  # users in the write now running
         self._failed_in_row = 0
         self._outage_since: float | None = None
         self._wake = asyncio.Event()
@@ -690,8 +690,11 @@ class SyncQueue:
 
     @property
     def pending(self) -> int:
-        """Entries not yet known to be in Qdrant, counting the write in flight."""
-        return len(self._points) + len(self._deletes) + self._in_flight
+        """Users whose latest state or deletion is not yet known to be in Qdrant, counting
+        the write in flight; a user in flight and marked again meanwhile counts once."""
+        if not self._in_flight:
+            return len(self._points) + len(self._deletes)  # disjoint
+        return len(self._in_flight.union(self._points, self._deletes))
 
     def mark(self, point: UserPoint) -> None:
         """Queue a user's latest state (replaces an earlier one, cancels a pending delete).
@@ -753,7 +756,7 @@ class SyncQueue:
             taken, deletes = self._points, self._deletes
             self._points, self._deletes = {}, {}
             points, structs = self._build(taken)
-            self._in_flight = len(points) + len(deletes)
+            self._in_flight = {*points, *deletes}
             self._wake.clear()
             if self._executor is None:
                 self._executor = ThreadPoolExecutor(1, thread_name_prefix="qdrant-sink")
@@ -769,7 +772,7 @@ class SyncQueue:
                 self._failed(exc)
                 return False
             finally:
-                self._in_flight = 0
+                self._in_flight = set()
             self._succeeded(took)
             self.upserted += len(points)
             self.deleted += len(deletes)

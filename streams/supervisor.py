@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -159,6 +160,91 @@ class WorkerProcess(ChildProcess):
                 return h
             time.sleep(0.2)
         raise TimeoutError(f"worker not idle after {timeout:.0f}s: {h}\n{self.tail()}")
+
+
+class QdrantStoreLock:
+    """A Qdrant outage for a worker in local mode, from outside its process: an exclusive
+    sqlite lock on every collection's storage under `qdrant_dir`, held until `release()`.
+
+    Meanwhile the worker's writes fail for real (qdrant-client's sqlite waits out its 5 s
+    busy timeout, then raises "database is locked"; nothing is applied in memory before it
+    is stored), while its reads, served from memory, go on. A context manager.
+    """
+
+    def __init__(self, qdrant_dir: Path, timeout: float = 60.0) -> None:
+        self.paths = sorted(Path(qdrant_dir).glob("collection/*/storage.sqlite"))
+        if not self.paths:
+            raise FileNotFoundError(f"no Qdrant local-mode collections under {qdrant_dir}")
+        self.timeout = timeout
+        self._conns: list[sqlite3.Connection] = []
+
+    def acquire(self) -> Self:
+        try:
+            for path in self.paths:
+                conn = sqlite3.connect(path, timeout=self.timeout, isolation_level=None)
+                self._conns.append(conn)
+                conn.execute("BEGIN EXCLUSIVE")  # waits for a write in progress
+        except BaseException:
+            self.release()
+            raise
+        return self
+
+    def release(self) -> None:
+        for conn in self._conns:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            conn.close()
+        self._conns = []
+
+    def __enter__(self) -> Self:
+        return self.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+class S3ServerProcess(ChildProcess):
+    """`moto_server` (from the dev extra's `moto[server]`): S3-compatible storage in memory on
+    127.0.0.1, for an embedded broker whose log must outlive the broker process (Tansu's
+    `s3://BUCKET/` storage engine, DESIGN.md section 9). The data lives as long as this
+    process does."""
+
+    name = "moto_server"
+
+    def __init__(self, log_path: Path, *, port: int | None = None) -> None:
+        super().__init__(log_path)
+        self.port = port or free_port()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def command(self) -> list[str]:
+        exe = Path(sys.executable).with_name("moto_server")  # the venv's, when run from one
+        cmd = str(exe) if exe.exists() else "moto_server"
+        return [cmd, "-H", "127.0.0.1", "-p", str(self.port)]
+
+    def ready(self) -> bool:
+        with urllib.request.urlopen(self.url + "/", timeout=5) as r:  # ListBuckets
+            return r.status == 200
+
+    def create_bucket(self, name: str) -> str:
+        """Create `name` (idempotent); returns Tansu's storage URL for it."""
+        req = urllib.request.Request(f"{self.url}/{name}", method="PUT")
+        with urllib.request.urlopen(req, timeout=10) as r:
+            r.read()
+        return f"s3://{name}/"
+
+    def client_env(self) -> dict[str, str]:
+        """What an S3 client (Tansu) needs to use this server: endpoint, plain HTTP, and
+        credentials (moto accepts any)."""
+        return {
+            "AWS_ENDPOINT": self.url,
+            "AWS_ALLOW_HTTP": "true",
+            "AWS_ACCESS_KEY_ID": "test",
+            "AWS_SECRET_ACCESS_KEY": "test",
+            "AWS_DEFAULT_REGION": "us-east-1",
+        }
 
 
 class LagExporterProcess(ChildProcess):

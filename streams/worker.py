@@ -13,12 +13,20 @@ One batch, in order:
    delete, park clicks whose item is unknown, collect the rest;
 6. apply everything collected with one `apply_batch`.
 Texts the encoder rejects become dead letters; the rest of the batch goes on.
+
+A message re-delivered after a crash (its offset already claimed in the user's record) is
+not applied again, but the record is written again: the crashed worker may have written it
+to its local RocksDB and died before the write reached the changelog topic. Offsets are
+committed only after the changelog is flushed, so the rewrite puts those events in the
+changelog (what a worker taking over the partition restores) before they are committed.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
+import hashlib
 import json
 import logging
 import time
@@ -28,6 +36,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from streams.events import (
+    MAX_MESSAGE_BYTES,
     TOPIC_TYPES,
     ClickEvent,
     CommentEvent,
@@ -44,6 +53,15 @@ from streams.state import EncodedEvent, EventBatch, StateParams, TextVectors, ap
 log = logging.getLogger("streams.worker")
 
 UserEvent = ClickEvent | SearchEvent | CommentEvent
+
+# A dead letter must fit in one Kafka message (Faust's producer sends at most 1,000,000
+# bytes): it keeps the first DLQ_MAX_VALUE bytes of the original (all of any message the
+# schema could accept), as base64, and as text only up to DLQ_MAX_TEXT (JSON escaping may
+# make text 6x longer); with the key, reason and the rest, at most ~750 KB.
+DLQ_MAX_VALUE = MAX_MESSAGE_BYTES
+DLQ_MAX_TEXT = 64 * 1024
+DLQ_MAX_KEY = 1024
+DLQ_MAX_REASON = 2000
 
 
 @dataclass(frozen=True)
@@ -64,22 +82,36 @@ class DeadLetter:
     reason: str
     error: str  # a class name: InvalidEvent, KeyMismatch, EncodeError, ItemNotFound, ...
 
+    @property
+    def key(self) -> bytes | None:
+        """The dead letter's own Kafka key: the original's, cut to DLQ_MAX_KEY bytes."""
+        k = self.message.key
+        return None if k is None else k[:DLQ_MAX_KEY]
+
     def to_bytes(self, now: float | None = None) -> bytes:
-        """The DLQ value: the original bytes (base64, and as text when UTF-8) and where from."""
+        """The DLQ value: the original bytes (base64, and as text when UTF-8) and where from.
+
+        Originals longer than DLQ_MAX_VALUE keep their first DLQ_MAX_VALUE bytes
+        (`truncated`; `value_bytes` and `value_sha256` describe the whole).
+        """
         m = self.message
         raw = m.value or b""
-        try:
-            text: str | None = raw.decode("utf-8")
-        except UnicodeDecodeError:
-            text = None
+        text: str | None = None
+        if len(raw) <= DLQ_MAX_TEXT:
+            with contextlib.suppress(UnicodeDecodeError):
+                text = raw.decode("utf-8")
+        key = self.key
         doc = {
             "topic": m.topic,
             "partition": m.partition,
             "offset": m.offset,
-            "key": None if m.key is None else base64.b64encode(m.key).decode(),
-            "value_b64": base64.b64encode(raw).decode(),
+            "key": None if key is None else base64.b64encode(key).decode(),
+            "value_b64": base64.b64encode(raw[:DLQ_MAX_VALUE]).decode(),
             "value": text,
-            "reason": self.reason,
+            "value_bytes": len(raw),
+            "value_sha256": hashlib.sha256(raw).hexdigest(),
+            "truncated": len(raw) > DLQ_MAX_VALUE or (m.key is not None and key != m.key),
+            "reason": self.reason[:DLQ_MAX_REASON],
             "error": self.error,
             "dead_lettered_at": time.time() if now is None else now,
         }
@@ -144,6 +176,7 @@ class Processor:
         *,
         park_max_wait_s: float = 60.0,
         park_max_per_user: int = 32,
+        park_max_bytes: int = 256 * 1024,
         dedupe_window: int = 128,
         record_cache_size: int = 10_000,
         clock: Callable[[], float] = time.time,
@@ -153,6 +186,8 @@ class Processor:
         self.params = params or StateParams()
         self.park_max_wait_s = park_max_wait_s
         self.park_max_per_user = park_max_per_user
+        # the parked messages live in the user's record, and so in one changelog message
+        self.park_max_bytes = park_max_bytes
         self.dedupe_window = dedupe_window
         self.clock = clock
         self.totals: Counter[str] = Counter()
@@ -226,10 +261,10 @@ class Processor:
                 if isinstance(e, DeleteEvent):
                     continue
                 record = record or UserRecord.new(self.dim, self.params)
+                changed = True  # a re-delivered offset too (module docstring)
                 if not record.state.claim(m.topic, m.partition, m.offset):
                     res.counts["duplicates"] += 1  # a re-delivered offset
                     continue
-                changed = True
                 if record.erased_before(m.timestamp):
                     res.counts["erased"] += 1  # published before the user's deletion
                     continue
@@ -271,9 +306,10 @@ class Processor:
         topic, so a deletion may arrive before events that were published earlier. The
         rule is by publish time (Kafka timestamp): a deletion erases every event of the
         user published up to it, whenever it arrives; later events start a new profile.
-        A re-delivered deletion (offset already handled) does nothing.
+        A re-delivered deletion (offset already handled) only rewrites the record.
         """
         fresh = []
+        redelivered = False
         for m, e in evs:
             if isinstance(e, DeleteEvent):
                 record = record or UserRecord.new(self.dim, self.params)
@@ -281,8 +317,9 @@ class Processor:
                     fresh.append(m.timestamp)
                 else:
                     res.counts["duplicates"] += 1
+                    redelivered = True
         if not fresh:
-            return record, False
+            return record, redelivered
         assert record is not None
         record.erase(max((t for t in fresh if t is not None), default=None))
         res.deleted.add(user)
@@ -340,21 +377,30 @@ class Processor:
     async def _encode(self, texts: list[str], kind: str) -> dict[str, TextVectors | str]:
         """Unique texts -> vectors, or the reason a text could not be encoded."""
         unique = list(dict.fromkeys(texts))
-        if not unique:
-            return {}
-        try:
-            out = await asyncio.to_thread(self.encoder.encode, unique, kind)
-            return {t: TextVectors.of(o) for t, o in zip(unique, out, strict=True)}
-        except Exception:  # one bad text must not sink the batch: find it
-            log.warning("encoding %d texts failed; retrying one by one", len(unique))
         result: dict[str, TextVectors | str] = {}
-        for t in unique:
-            try:
-                (o,) = await asyncio.to_thread(self.encoder.encode, [t], kind)
-                result[t] = TextVectors.of(o)
-            except Exception as err:
-                result[t] = f"text could not be encoded: {type(err).__name__}: {err}"
+        if unique:
+            await self._encode_into(unique, kind, result)
         return result
+
+    async def _encode_into(
+        self, texts: list[str], kind: str, result: dict[str, TextVectors | str], top: bool = True
+    ) -> None:
+        """One bad text must not sink the batch: when a call fails, encode each half on its
+        own, down to single texts, so k bad texts among n cost about 2k·log2(n) calls
+        rather than n."""
+        try:
+            out = await asyncio.to_thread(self.encoder.encode, texts, kind)
+        except Exception as err:
+            if len(texts) == 1:
+                result[texts[0]] = f"text could not be encoded: {type(err).__name__}: {err}"
+                return
+            if top:
+                log.warning("encoding %d texts failed; retrying in halves", len(texts))
+            half = len(texts) // 2
+            await self._encode_into(texts[:half], kind, result, top=False)
+            await self._encode_into(texts[half:], kind, result, top=False)
+            return
+        result.update((t, TextVectors.of(o)) for t, o in zip(texts, out, strict=True))
 
     async def _load(self, load: Loader, user: str, context: Message) -> UserRecord | None:
         raw = load(user, context)
@@ -390,10 +436,14 @@ class Processor:
         return (None, got) if isinstance(got, str) else (got, None)
 
     def _park(self, record: UserRecord, m: Message, e: ClickEvent, res: BatchResult) -> None:
-        if len(record.parked) >= self.park_max_per_user:
+        waiting = sum(len(p.value) for p in record.parked)
+        if (
+            len(record.parked) >= self.park_max_per_user
+            or waiting + len(m.value or b"") > self.park_max_bytes
+        ):
             reason = (
                 f"item {e.item_id!r} unknown and {len(record.parked)} clicks of this user "
-                "already wait for their items"
+                f"({waiting:,} bytes) already wait for their items"
             )
             res.dead_letters.append(DeadLetter(m, reason, "ItemNotFound"))
             res.counts["dead_lettered"] += 1

@@ -15,12 +15,14 @@ import numpy as np
 import pytest
 
 from streams.embedded import EmbeddedBroker, ensure_topics
+from streams.publish import read_records as consume_all
 from streams.publish import send_records as produce
 from streams.supervisor import WorkerProcess
 
 pytestmark = pytest.mark.integration
 
 SAMPLE = Path(__file__).parents[1] / "data" / "sample_events.jsonl"
+CHANGELOG = "interest-stream-users-changelog"
 
 
 def replay_lines(bootstrap: str, lines: list[dict]) -> int:
@@ -35,28 +37,6 @@ def replay_lines(bootstrap: str, lines: list[dict]) -> int:
         records.append((topic_of[kind], str(key).encode(), json.dumps(d).encode()))
     asyncio.run(produce(bootstrap, records))
     return len(records)
-
-
-async def consume_all(bootstrap: str, topic: str, expect: int, timeout: float = 20.0) -> list:
-    """Read `topic` from the start until `expect` messages or the timeout. (Tansu's
-    end_offsets answer is not the log end, so reading "to the end" is not an option.)"""
-    from aiokafka import AIOKafkaConsumer, TopicPartition
-
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
-    await consumer.start()
-    try:
-        tps = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or [0]]
-        consumer.assign(tps)
-        await consumer.seek_to_beginning(*tps)
-        out: list = []
-        deadline = asyncio.get_running_loop().time() + timeout
-        while len(out) < expect and asyncio.get_running_loop().time() < deadline:
-            batch = await consumer.getmany(timeout_ms=500)
-            for msgs in batch.values():
-                out += msgs
-        return out
-    finally:
-        await consumer.stop()
 
 
 def sample_lines() -> list[dict]:
@@ -217,6 +197,28 @@ def test_deleting_a_user_removes_state_and_points(stack):
     worker.wait_idle(consumed=before + n + 1)
     assert worker.get(f"/users/{user}/vectors")[0] == 404
     assert worker.get("/users/kept-user/vectors")[0] == 200
+    assert_changelog_erased(broker.bootstrap, user, b"secret")
+
+
+def assert_changelog_erased(bootstrap: str, user: str, text: bytes) -> None:
+    """The user's latest changelog record (what a restarted worker or a partition's new
+    owner restores the table from) is a tombstone or an erased record: input offsets and
+    the deletion time, no vectors, terms, items, event ids or text. (Their earlier records
+    stay in the log until Kafka compacts the changelog.)"""
+    from streams.record import UserRecord
+    from streams.state import StateParams
+
+    log = asyncio.run(consume_all(bootstrap, CHANGELOG, expect=10**9, timeout=3))
+    latest = max((m for m in log if m.key == user.encode()), key=lambda m: m.offset)
+    if latest.value is None:
+        return
+    record = UserRecord.from_bytes(latest.value, StateParams())
+    assert record.erased and record.erased_at is not None
+    assert not record.recent_ids and not record.parked
+    st = record.state
+    assert st.last_ts is None and not st.top_terms() and not st.seen_items()
+    assert all(v is None for v in st.named_vectors().values())
+    assert text not in latest.value
 
 
 def test_table_writes_land_in_the_changelog_partition_of_the_users_partition(stack):
@@ -227,9 +229,7 @@ def test_table_writes_land_in_the_changelog_partition_of_the_users_partition(sta
         for m in asyncio.run(consume_all(broker.bootstrap, topic, expect=10**9, timeout=3)):
             if m.key and m.key.decode() in users:
                 source.setdefault(m.key.decode(), set()).add(m.partition)
-    changelog = asyncio.run(
-        consume_all(broker.bootstrap, "interest-stream-users-changelog", expect=10**9, timeout=3)
-    )
+    changelog = asyncio.run(consume_all(broker.bootstrap, CHANGELOG, expect=10**9, timeout=3))
     written: dict[str, set[int]] = {}
     for m in changelog:
         if m.key.decode() in users:
@@ -238,6 +238,19 @@ def test_table_writes_land_in_the_changelog_partition_of_the_users_partition(sta
     for user in users:
         assert len(source[user]) == 1, (user, source[user])  # keyed: one partition a user
         assert written[user] == source[user], user
+
+
+def test_deleting_over_http_is_disabled_without_a_configured_token(stack):
+    import urllib.error
+    import urllib.request
+
+    _, worker = stack  # started without INTEREST_API_TOKEN
+    req = urllib.request.Request(f"{worker.url}/users/kept-user", method="DELETE")
+    req.add_header("Authorization", "Bearer anything")
+    with pytest.raises(urllib.error.HTTPError) as err:
+        urllib.request.urlopen(req, timeout=10)
+    assert err.value.code == 403 and "INTEREST_API_TOKEN" in json.loads(err.value.read())["error"]
+    assert worker.get("/users/kept-user/vectors")[0] == 200
 
 
 def test_a_crash_and_restart_that_reads_everything_again_changes_nothing(stack):

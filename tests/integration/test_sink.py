@@ -298,6 +298,7 @@ def test_a_newer_mark_during_a_failing_write_wins(sink: FlakySink) -> None:
             await asyncio.sleep(0.001)  # until the write has taken them
         queue.mark(user("u1", seed=2))  # the stream does not wait for Qdrant
         queue.mark_deleted("u2")
+        assert queue.pending == 2  # two users, each in flight and queued again
         sink.gate.set()  # the first write now fails; the newer entries must win
         assert await queue.flush(5)
         stop.set()

@@ -7,6 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from streams.events import (
+    MAX_MESSAGE_BYTES,
     MAX_TEXT_BYTES,
     ClickEvent,
     CommentEvent,
@@ -62,12 +63,35 @@ def test_valid_events_of_every_type() -> None:
         (click(dwell_ms=-1), "dwell_ms"),
         (click(text="x" * (MAX_TEXT_BYTES + 1)), "longer than"),
         (click(text="bell\x07"), "control characters"),
+        (click(text="del\x7f and C1 \x85"), "control characters"),
+        # the json module recurses once per level and refuses integers of > 4300 digits:
+        # both used to escape parse_event and stop the worker's agent
+        (b"[" * 100_000, "nested too deeply"),
+        (click()[:-1] + b', "x": ' + b"[" * 5000 + b"]" * 5000 + b"}", "nested too deeply"),
+        (click()[:-1] + b', "n": ' + b"9" * 5000 + b"}", "invalid JSON"),
+        (click()[:-1] + b', "junk": "' + b"a" * MAX_MESSAGE_BYTES + b'"}', "more than"),
         (json.dumps({"event_id": "e", "user_id": "u", "ts": 1}).encode(), "item_id"),
     ],
 )
 def test_invalid_clicks_have_reasons(raw: bytes, reason: str) -> None:
     with pytest.raises(InvalidEvent, match=reason):
         parse_event(raw, "click")
+
+
+@pytest.mark.parametrize("text", ["\u200b\u200b", "\ufeff \u2060", " \u00a0\u3000"])
+def test_texts_of_only_invisible_characters_are_blank(text: str) -> None:
+    raw = json.dumps({"event_id": "e", "user_id": "u", "ts": 1, "query": text}).encode()
+    with pytest.raises(InvalidEvent, match="blank"):
+        parse_event(raw, "search")
+
+
+def test_item_tags_are_short_and_printable() -> None:
+    item = {"type": "item", "item_id": "i", "title": "t"}
+    assert parse_event({**item, "tags": ["sci-fi", "x" * 64]}).tags == ["sci-fi", "x" * 64]
+    with pytest.raises(InvalidEvent, match="tag longer"):
+        parse_event({**item, "tags": ["x" * 65]})
+    with pytest.raises(InvalidEvent, match="control"):
+        parse_event({**item, "tags": ["a\x00b"]})
 
 
 def test_nan_and_infinite_timestamps_are_rejected() -> None:

@@ -7,6 +7,7 @@ broker and Qdrant run in tests/integration/test_pipeline.py.
 from __future__ import annotations
 
 import asyncio
+import base64
 import hashlib
 import json
 from dataclasses import dataclass
@@ -19,7 +20,7 @@ from streams.events import ItemEvent, parse_event
 from streams.profile import encoded_event
 from streams.record import UserRecord
 from streams.state import InterestState, StateParams, TextVectors
-from streams.worker import Message, Processor
+from streams.worker import DLQ_MAX_KEY, DLQ_MAX_VALUE, DeadLetter, Message, Processor
 
 DIM = 8
 PARAMS = StateParams()
@@ -191,7 +192,10 @@ def test_redelivered_offsets_and_republished_event_ids_change_nothing():
     run(proc, table, msgs)
     before = table.rows["u1"]
     res = run(proc, table, msgs[2:])  # a restart re-reads uncommitted offsets
-    assert res.counts["duplicates"] == 3 and not res.writes
+    # nothing is applied again, but the record is written again, unchanged: the crashed
+    # worker may have stored it locally without it reaching the changelog topic
+    assert res.counts["duplicates"] == 3 and res.counts["applied"] == 0
+    assert set(res.writes) == {"u1"} and res.writes["u1"].data == before and not res.updated
     assert table.rows["u1"] == before
     again = s.msg("search", event_id="e1", user_id="u1", ts=1.0, query="q1")  # new offset
     res = run(proc, table, [again])
@@ -246,6 +250,30 @@ def test_parking_is_bounded_per_user():
     invariant(proc)
 
 
+def test_parked_bytes_are_bounded_per_user():
+    """Parked clicks live in the user's record, written as one changelog message."""
+    proc, _, table, s = setup(park_max_bytes=1000)
+    clicks = [  # no text: a click with a text of its own does not wait for its item
+        s.msg("click", event_id=f"e{i}", user_id="u1", item_id=f"x{i}", ts=1.0, note="n" * 300)
+        for i in range(4)
+    ]
+    res = run(proc, table, clicks)
+    assert res.counts["parked"] == 2 and res.counts["dead_lettered"] == 2
+    assert "bytes) already wait" in res.dead_letters[0].reason
+    invariant(proc)
+
+
+def test_a_dead_letter_fits_in_one_kafka_message():
+    raw = b"\x01" * (4 * DLQ_MAX_VALUE)  # JSON-escaped text would be 6x that
+    dl = DeadLetter(Message("events.click", 0, 7, b"k" * 10**6, raw), "r" * 10**6, "X")
+    data = dl.to_bytes()
+    doc = json.loads(data)
+    assert len(data) < 1_000_000 and len(dl.key) == DLQ_MAX_KEY
+    assert doc["truncated"] and doc["value_bytes"] == len(raw) and doc["value"] is None
+    assert base64.b64decode(doc["value_b64"]) == raw[:DLQ_MAX_VALUE]
+    assert doc["value_sha256"] == hashlib.sha256(raw).hexdigest()
+
+
 def test_deletion_erases_and_redelivered_older_events_do_not_bring_the_user_back():
     proc, _, table, s = setup()
     old = [
@@ -292,6 +320,19 @@ def test_a_text_the_encoder_rejects_is_dead_lettered_alone():
     assert [d.error for d in res.dead_letters] == ["EncodeError"]
     assert "cannot encode" in res.dead_letters[0].reason
     invariant(proc)
+
+
+def test_one_bad_text_among_many_costs_a_few_encoder_calls_not_one_per_text():
+    encoder = HashEncoder(fail_on="poison")
+    proc, table, s = Processor(encoder, Items(), PARAMS), Table(), Stream()
+    msgs = [
+        s.msg("search", event_id=f"e{i}", user_id=f"u{i}", ts=1.0, query=f"words {i}")
+        for i in range(64)
+    ]
+    msgs.append(s.msg("search", event_id="bad", user_id="u0", ts=2.0, query="poison pill"))
+    res = run(proc, table, msgs)
+    assert res.counts["applied"] == 64 and [d.error for d in res.dead_letters] == ["EncodeError"]
+    assert len(encoder.calls) <= 1 + 2 * 7, encoder.calls  # halves down to the one bad text
 
 
 def test_a_deletion_arriving_before_earlier_published_events_still_erases_them():
