@@ -140,6 +140,9 @@ class Runtime:
     batches: int = 0
     started_at: float = field(default_factory=time.time)
     closing: bool = False  # stopping: batches taken from now on are left for the next run
+    # partitions revoked in the rebalance under way: their messages still in the take
+    # buffer belong to the next owner (cleared when the new assignment arrives)
+    revoked: set[tuple[str, int]] = field(default_factory=set)
     writable: bool = True  # False once stopping goes on to close the tables
 
 
@@ -277,24 +280,61 @@ def create_app(settings: Settings, encoder: TextEncoder, sink: QdrantSink) -> fa
             state, published = res.writes[user].record.state, res.published.get(user)
             queue.mark_later(user, partial(user_point, user, state, published))
 
+    def still_ours(events: list[Any]) -> list[Any]:
+        """The events of partitions this worker still owns, in the current group generation;
+        the others are left unacknowledged (their new owner, or this worker after the
+        rebalance, reads them again from the committed offset). Call under `rt.lock`."""
+        generation = app.consumer_generation_id
+        keep, stale = [], []
+        for e in events:
+            m = e.message
+            gone = m.generation_id != generation or (m.topic, m.partition) in rt.revoked
+            (stale if gone else keep).append(e)
+        if stale:
+            leave_unacked(stale)
+            log.info("left %d messages of revoked partitions to their next owner", len(stale))
+        return keep
+
+    @app.on_partitions_revoked.connect
+    async def on_revoked(app: faust.App, revoked: set[Any], **kwargs: Any) -> None:
+        """Before partitions move to another worker: the batch in flight finishes and its
+        table writes reach the changelog, and nothing more is written for them here. (Faust
+        waits for neither without `stream_wait_empty`: a batch finished after the new owner
+        restored the partition wrote stale records over the new owner's, and events were
+        lost or applied twice.)"""
+        async with rt.lock:
+            rt.revoked.update((tp.topic, tp.partition) for tp in revoked)
+            for user, (topic, partition) in list(rt.parked.items()):
+                if (topic, partition) in rt.revoked:
+                    rt.parked.pop(user, None)
+        await app.producer.flush()
+
+    @app.on_partitions_assigned.connect
+    async def on_assigned(app: faust.App, assigned: set[Any], **kwargs: Any) -> None:
+        # messages fetched before this carry the old generation id: still_ours drops them
+        rt.revoked.clear()
+
     @app.agent(source)
     async def consume(stream: faust.StreamT) -> None:
-        async for events in stream.take_events(settings.batch_size, within=settings.batch_within_s):
+        async for batch in stream.take_events(settings.batch_size, within=settings.batch_within_s):
             if rt.closing:
-                leave_unacked(events)
+                leave_unacked(batch)
                 continue
-            messages = [
-                Message(
-                    e.message.topic,
-                    e.message.partition,
-                    e.message.offset,
-                    e.message.key,
-                    e.message.value,
-                    e.message.timestamp,
-                )
-                for e in events
-            ]
             async with rt.lock:
+                events = still_ours(batch)
+                if not events:
+                    continue
+                messages = [
+                    Message(
+                        e.message.topic,
+                        e.message.partition,
+                        e.message.offset,
+                        e.message.key,
+                        e.message.value,
+                        e.message.timestamp,
+                    )
+                    for e in events
+                ]
                 started = time.perf_counter()
                 res = await processor.process(messages, load)
                 if not rt.writable:  # stopping stopped waiting for this batch
@@ -317,7 +357,7 @@ def create_app(settings: Settings, encoder: TextEncoder, sink: QdrantSink) -> fa
         async with rt.lock:
             if not rt.writable:
                 return
-            owned = assigned()
+            owned = assigned() - rt.revoked
             candidates: dict[str, tuple[UserRecord, Message]] = {}
             for user, (topic, partition) in list(rt.parked.items()):
                 if (topic, partition) not in owned:

@@ -11,13 +11,15 @@
    answers the larger of the two.
 
 2. Offsets committed before the changelog was written. Before committing offsets, Faust
-   flushes its producer, but the flush of its own send buffer (where table writes wait
-   to be handed to the Kafka client) gives up as soon as 0.1 s pass without a send, which
-   happens whenever a batch keeps the event loop busy. The offsets of events whose table
-   writes were still in that buffer got committed; a crash then lost those writes, and a
-   worker restoring the partition from the changelog lost the events (2-worker kill runs
-   lost up to 11 of 4,000). The producer's `flush` here waits until every message handed
-   to it before the flush is acknowledged by the broker.
+   flushes its producer, but the flush of its own send buffer (where table writes wait to
+   be handed to the Kafka client) returns as soon as 0.1 s pass without a send, e.g. while
+   the first send waits for the changelog's metadata or a batch keeps the event loop busy.
+   Offsets whose table writes were still in that buffer could be committed; a crash then
+   lost the writes, and a worker restoring the partition from the changelog lost those
+   events. (Seen once in a 2-worker kill run: the events at offsets 0-2 of two partitions
+   were committed by the killed worker while the changelog held fewer records than that
+   batch had written.) The producer's `flush` here waits until every message handed to
+   it before the flush has been answered by the broker.
 
 `App` is `faust.App` with both.
 """

@@ -9,10 +9,13 @@ them killed and restarted (the other takes its partitions over, then gives some 
 Every user's five named vectors in Qdrant must equal the clean run's (cosine >= 0.9999),
 and the event counts in Qdrant and in the changelog (what a worker taking a partition
 over restores) must equal the number of distinct events of each user: none applied twice,
-none lost. Mutations that make these tests fail (tried by hand, see the lead's notes):
-claiming re-delivered offsets again (double apply), dropping the rewrite of re-delivered
-users' records (the changelog misses writes), and plain `faust.App` instead of
-`streams.faust_fixes.App` (a restarted worker stops with ConsistencyError on Tansu).
+none lost.
+
+Mutations tried by hand, each failing the single-worker kill test: dedupe state (claimed
+offsets, recent event ids) dropped when a record is read back from RocksDB (165 events
+applied twice), and plain `faust.App` instead of `streams.faust_fixes.App` (a restarted
+worker exits with ConsistencyError on Tansu). Re-delivered offsets that do not rewrite the
+record are caught by tests/unit/test_worker.py (a kill rarely lands in that window).
 """
 
 from __future__ import annotations
