@@ -34,11 +34,13 @@ from __future__ import annotations
 import itertools
 import math
 import struct
+import sys
 import zlib
+from array import array
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from functools import cached_property
+from functools import cached_property, lru_cache
 from typing import Any, Literal
 
 import numpy as np
@@ -291,6 +293,16 @@ def _row_norms(x: np.ndarray) -> np.ndarray:
     safe = np.where(scale > 0, scale, 1.0).astype(x.dtype)
     scaled = x / safe[:, None]
     return scale * np.sqrt(np.einsum("ij,ij->i", scaled, scaled))
+
+
+def _row_norm_list(x: np.ndarray) -> list[float]:
+    """`_row_norms(x).tolist()`, cheaper for a state's 4 rows: the same squares, then the
+    usual case is checked and rooted in Python (math.sqrt rounds exactly as np.sqrt)."""
+    squares = np.einsum("ij,ij->i", x, x).tolist()
+    # (a NaN may slip past min and max, never past the sum)
+    if squares and min(squares) > 1e-280 and max(squares) < math.inf and sum(squares) < math.inf:
+        return [math.sqrt(s) for s in squares]
+    return _row_norms(x).tolist()
 
 
 def _unit_rows(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -681,9 +693,20 @@ class InterestState:
 
         Vectors are stored as float16 *directions* S/|S| plus float64 norms and float64
         weights, so the float16 rounding is relative to each vector however large S gets.
+        Runs once per changed user and micro-batch: few numpy calls, no Python loop over
+        the vectors, every section packed by C code.
         """
-        norms = _row_norms(self._S)
-        dirs = self._S / np.where(norms > 0, norms, 1.0)[:, None]
+        S = self._S
+        norms = _row_norm_list(S)
+        # one float64 division per element, then one rounding to float16 (the byte format)
+        dirs = S / np.array([n if n > 0 else 1.0 for n in norms])[:, None]
+        offsets = self._offsets
+        topics, partitions = zip(*offsets, strict=True) if offsets else ((), ())
+        terms, term_weights = _ranked_items(self._terms)
+        items, item_seconds = _ranked_items(self._items)
+        counts = self._counts
+        if max(counts) > 0xFFFFFFFF:
+            counts = [min(c, 0xFFFFFFFF) for c in counts]
         head = _HEAD.pack(
             _MAGIC,
             VERSION,
@@ -692,26 +715,25 @@ class InterestState:
             self._t_ref,
             self._first,
             self._last,
-            *(min(c, 0xFFFFFFFF) for c in self._counts),
-            *self._W.tolist(),
-            *norms.tolist(),
-            len(self._offsets),
-            len(self._terms),
-            len(self._items),
+            *counts,
+            *self._SW[:, -1].tolist(),
+            *norms,
+            len(offsets),
+            len(terms),
+            len(items),
             0,
         )
-        terms, items = _ranked(self._terms), _ranked(self._items)
         body = b"".join(
             [
                 head,
                 dirs.astype("<f2").tobytes(),
-                *_strings([topic for topic, _ in self._offsets]),
-                np.array([part for _, part in self._offsets], dtype="<u4").tobytes(),
-                np.array(list(self._offsets.values()), dtype="<i8").tobytes(),
+                *_strings(topics),
+                _pack("I", partitions),
+                _pack("q", offsets.values()),
                 *_strings(terms),
-                np.array([self._terms[k] for k in terms], dtype="<f4").tobytes(),
+                _pack("f", term_weights),
                 *_strings(items),
-                np.array([self._items[k] for k in items], dtype="<u4").tobytes(),
+                _pack("I", item_seconds),
             ]
         )
         if len(body) + 4 > self.params.max_state_bytes(self.dim):  # by construction, never
@@ -742,7 +764,7 @@ class InterestState:
     @classmethod
     def _decode(cls, body: bytes, params: StateParams) -> InterestState:
         (_, _, _, dim, t_ref, first, last, *rest) = _HEAD.unpack_from(body)
-        counts, weights, norms = rest[0:4], rest[4:8], rest[8:12]
+        counts = rest[0:4]
         n_sources, n_terms, n_items = rest[12:15]
         if dim == 0:
             raise StateDecodeError("dimension 0")
@@ -751,52 +773,34 @@ class InterestState:
         end = pos + 8 * dim
         if end > len(body):
             raise StateDecodeError("truncated vectors")
-        dirs = np.frombuffer(body, dtype="<f2", count=4 * dim, offset=pos).reshape(4, dim)
+        dirs = np.ndarray((4, dim), _F16, body, pos)
         pos = end
-        if not (math.isfinite(t_ref) and all(x >= 0 for x in (*weights, *norms))):
-            raise StateDecodeError("non-finite or negative numbers in state")  # NaN fails >=
+        if not (math.isfinite(t_ref) and _nonnegative(rest[4:12])):
+            raise StateDecodeError("non-finite or negative numbers in state")
         state._t_ref = t_ref
-        state._SW[:, :dim] = dirs
-        state._SW[:, :dim] *= np.array(norms)[:, None]
-        state._SW[:, dim] = weights
-        if not np.isfinite(state._SW.sum()):  # NaN or inf anywhere (weights: inf, too)
+        sw = state._SW
+        # W and |S| as columns, read in place from the head; float16 → float64 is exact, so
+        # the product is the float64 dirs × norm
+        w_and_norms = np.ndarray((2, 4, 1), _F64, body, _HEAD_W)
+        np.multiply(dirs, w_and_norms[1], out=sw[:, :dim])
+        sw[:, dim:] = w_and_norms[0]
+        if not math.isfinite(sw.sum()):  # NaN or inf anywhere (weights: inf, too)
             raise StateDecodeError("non-finite numbers in state")
         state._counts = list(counts)
         state._first, state._last = first, last
 
-        def strings(n: int) -> tuple[list[str], int]:
-            """n strings and their total UTF-8 size."""
-            nonlocal pos
-            sizes = body[pos : pos + n]
-            ends = list(itertools.accumulate(sizes))
-            total = ends[-1] if ends else 0
-            blob = body[pos + n : pos + n + total]
-            if len(sizes) != n or len(blob) != total:
-                raise StateDecodeError("truncated strings")
-            pos += n + total
-            if blob.isascii():  # one decode; character offsets are byte offsets
-                text = blob.decode("ascii")
-                return [text[e - z : e] for e, z in zip(ends, sizes, strict=True)], total
-            return [
-                blob[e - z : e].decode("utf-8") for e, z in zip(ends, sizes, strict=True)
-            ], total
-
-        def numbers(dtype: str, n: int) -> list[Any]:
-            nonlocal pos
-            values = np.frombuffer(body, dtype=dtype, count=n, offset=pos)
-            pos += values.nbytes
-            return values.tolist()
-
-        topics, _ = strings(n_sources)
-        partitions, offsets = numbers("<u4", n_sources), numbers("<i8", n_sources)
+        topics, _, pos = _unstrings(body, pos, n_sources)
+        partitions, pos = _unpack(body, pos, "I", n_sources)
+        offsets, pos = _unpack(body, pos, "q", n_sources)
         state._offsets = dict(zip(zip(topics, partitions, strict=True), offsets, strict=True))
-        terms, terms_size = strings(n_terms)
-        weights_ = numbers("<f4", n_terms)
-        if not all(0 <= x < math.inf for x in weights_):
+        terms, terms_size, pos = _unstrings(body, pos, n_terms)
+        term_weights, pos = _unpack(body, pos, "f", n_terms)
+        if not (_nonnegative(term_weights) and max(term_weights, default=0.0) < math.inf):
             raise StateDecodeError("bad term weight")
-        state._terms = dict(zip(terms, weights_, strict=True))
-        items, items_size = strings(n_items)
-        state._items = dict(zip(items, numbers("<u4", n_items), strict=True))
+        state._terms = dict(zip(terms, term_weights, strict=True))
+        items, items_size, pos = _unstrings(body, pos, n_items)
+        item_seconds, pos = _unpack(body, pos, "I", n_items)
+        state._items = dict(zip(items, item_seconds, strict=True))
         if (
             len(state._offsets) != n_sources
             or len(state._terms) != n_terms
@@ -819,6 +823,8 @@ _MAGIC = b"ISTS"
 VERSION = 1
 # magic, version, flags, dim, t_ref, first_ts, last_ts, 4 counts, 4 W, 4 |S|, 3 lengths, pad
 _HEAD = struct.Struct("<4sBBHddd4I4d4dBBBB")
+_HEAD_W = struct.calcsize("<4sBBHddd4I")  # where the 4 W and then the 4 |S| start
+_F16, _F64 = np.dtype("<f2"), np.dtype("<f8")
 _SOURCE = struct.Struct("<Iq")  # per source: partition, offset
 _U32 = struct.Struct("<I")
 _FIXED = _HEAD.size + 4  # + crc32
@@ -843,6 +849,65 @@ def _ranked(entries: dict[str, Any]) -> list[str]:
     ranked = sorted(entries)
     ranked.sort(key=entries.__getitem__, reverse=True)  # stable: ties stay by key
     return ranked
+
+
+def _ranked_items(entries: dict[str, Any]) -> tuple[list[str], list[Any]]:
+    """`_ranked` keys, and their values in that order."""
+    ranked = _ranked(entries)
+    return ranked, list(map(entries.__getitem__, ranked))
+
+
+def _unstrings(body: bytes, pos: int, n: int) -> tuple[list[str], int, int]:
+    """Read what `_strings` wrote at `pos`: the n strings, their UTF-8 size, the end."""
+    sizes = body[pos : pos + n]
+    bounds = list(itertools.accumulate(sizes, initial=0))
+    total = bounds[-1]
+    blob = body[pos + n : pos + n + total]
+    if len(sizes) != n or len(blob) != total:
+        raise StateDecodeError("truncated strings")
+    spans = itertools.pairwise(bounds)
+    if blob.isascii():  # one decode; character offsets are byte offsets
+        text = blob.decode("ascii")
+        values = [text[a:b] for a, b in spans]
+    else:
+        values = [blob[a:b].decode("utf-8") for a, b in spans]
+    return values, total, pos + n + total
+
+
+def _pack(code: str, values: Iterable[Any]) -> bytes:
+    """Little-endian u32 ("I"), i64 ("q") or float32 ("f") numbers.
+
+    `array` converts with plain C casts, as numpy's astype does (a float32 beyond range
+    becomes inf, where struct would raise), and is several times cheaper on short lists.
+    """
+    packed = array(code, values)
+    if _BIG_ENDIAN:
+        packed.byteswap()
+    return packed.tobytes()
+
+
+def _unpack(body: bytes, pos: int, code: str, n: int) -> tuple[tuple[Any, ...], int]:
+    """n little-endian numbers (struct code) at `pos`, and the position after them."""
+    numbers = _numbers(code, n)
+    end = pos + numbers.size
+    if end > len(body):
+        raise ValueError("buffer is smaller than requested size")  # as np.frombuffer said
+    return numbers.unpack_from(body, pos), end
+
+
+@lru_cache(maxsize=1024)  # n < 256: a section's length is one byte
+def _numbers(code: str, n: int) -> struct.Struct:
+    return struct.Struct(f"<{n}{code}")
+
+
+_BIG_ENDIAN = sys.byteorder == "big"
+assert array("I").itemsize == 4 and array("q").itemsize == 8 and array("f").itemsize == 4
+
+
+def _nonnegative(values: Sequence[float]) -> bool:
+    """All >= 0 and none NaN, as `all(x >= 0 for x in values)` but with C-level min and sum
+    (a NaN makes the sum NaN; the only other way to a NaN sum is a -inf, which min sees)."""
+    return not values or (min(values) >= 0 and not math.isnan(sum(values)))
 
 
 def _prune(entries: dict[str, Any], used: int, count: int, budget: int) -> int:
