@@ -29,9 +29,10 @@ class Settings(BaseSettings):
     store: Literal["rocksdb", "memory"] = "rocksdb"
     qdrant_url: str | None = None  # None: qdrant-client local mode under data_dir/qdrant
     qdrant_api_key: SecretStr | None = None  # for a Qdrant server that requires one
-    # embedded store without a server: qdrant-client local mode, or Qdrant Edge (Rust,
-    # in-process; streams/edge_client.py), under data_dir/qdrant or data_dir/qdrant-edge
-    qdrant_engine: Literal["local", "edge"] = "local"
+    # embedded store without a server: qdrant-client local mode (in-process, or "local-process":
+    # in a child process, streams/qdrant_process.py) under data_dir/qdrant, or Qdrant Edge
+    # (Rust, in-process; streams/edge_client.py) under data_dir/qdrant-edge
+    qdrant_engine: Literal["local", "edge", "local-process"] = "local"
     # Kafka security, passed through to the client: SASL (PLAIN or SCRAM) and/or TLS
     kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
     kafka_sasl_username: str | None = None

@@ -42,6 +42,7 @@ ITEM_VECTOR = "document"
 MEMORY = ":memory:"  # `path=MEMORY`: local mode without files (tests, doctests)
 _INDEXES = ((USERS, "user_id"), (ITEMS, "tags"))  # keyword payload indexes (server only)
 _PAYLOAD_VERSION = 1
+ENGINES = ("local", "edge", "local-process")  # embedded engines, see `QdrantSink`
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +59,7 @@ __all__ = [
     "item_point_id",
     "text_vectors_from_payload",
     "text_vectors_to_payload",
+    "tune_local_storage",
     "user_point_id",
 ]
 
@@ -291,8 +293,10 @@ class QdrantSink:
 
     Exactly one of `url` (a Qdrant server) or `path` (qdrant-client local mode in that
     directory; `path=":memory:"` keeps nothing on disk; with `engine="edge"`, Qdrant Edge
-    shards there instead, see streams/edge_client.py). Local mode locks its directory, so
-    one process at a time. Errors propagate: retrying is the caller's job (`SyncQueue`).
+    shards there instead, see streams/edge_client.py; with `engine="local-process"`, the
+    same local mode in a child process, see streams/qdrant_process.py). Local mode locks its
+    directory, so one process at a time. Errors propagate: retrying is the caller's job
+    (`SyncQueue`).
 
     >>> sink = QdrantSink.memory(dim=3)
     >>> sink.ensure_collections()
@@ -328,8 +332,8 @@ class QdrantSink:
         self._lock: contextlib.AbstractContextManager[Any] = (
             threading.Lock() if self.local else contextlib.nullcontext()
         )
-        if engine not in ("local", "edge"):
-            raise ValueError(f"engine must be 'local' or 'edge', got {engine!r}")
+        if engine not in ENGINES:
+            raise ValueError(f"engine must be one of {', '.join(ENGINES)}; got {engine!r}")
         if path is None:
             self.client = QdrantClient(url=url, timeout=max(1, math.ceil(timeout)), api_key=api_key)
         elif engine == "edge":
@@ -338,6 +342,12 @@ class QdrantSink:
             if str(path) == MEMORY:
                 raise ValueError("the edge engine needs a directory, not :memory:")
             self.client = EdgeClient(path)  # type: ignore[assignment]
+        elif engine == "local-process":
+            from streams.qdrant_process import ProcessClient
+
+            if str(path) != MEMORY:
+                Path(path).mkdir(parents=True, exist_ok=True)
+            self.client = ProcessClient(path)  # type: ignore[assignment]
         elif str(path) == MEMORY:
             self.client = QdrantClient(location=MEMORY, force_disable_check_same_thread=True)
         else:
@@ -411,20 +421,10 @@ class QdrantSink:
                 self._tune_local_storage()
 
     def _tune_local_storage(self) -> None:
-        """Local mode commits one sqlite transaction per point, with an fsync each: half of
-        an upsert's time. WAL with synchronous=NORMAL commits without fsync yet survives a
-        killed process (an OS crash may lose the last commits: Qdrant is a view the worker
-        rebuilds from its table on start). Reaches into qdrant-client's local storage, so
-        anything unexpected there just leaves the defaults."""
-        try:
-            collections = self.client._client.collections  # type: ignore[union-attr]
-            conns = [c.storage.storage for c in collections.values() if c.storage is not None]
-        except AttributeError:
-            log.debug("qdrant-client local storage not as expected; sqlite left as it is")
-            return
-        for conn in conns:
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=NORMAL")
+        if self.engine == "local-process":
+            self.client.tune_local_storage()  # type: ignore[attr-defined]
+        else:
+            tune_local_storage(self.client)
 
     def _ensure_indexes(self) -> None:
         for collection, key in _INDEXES:
@@ -627,6 +627,23 @@ class QdrantSink:
         """Release the client (and local mode's directory lock). Idempotent."""
         with self._lock:
             self.client.close()
+
+
+def tune_local_storage(client: Any) -> None:
+    """Local mode commits one sqlite transaction per point, with an fsync each: half of an
+    upsert's time. WAL with synchronous=NORMAL commits without fsync yet survives a killed
+    process (an OS crash may lose the last commits: Qdrant is a view the worker rebuilds
+    from its table on start). Reaches into qdrant-client's local storage, so anything
+    unexpected there (or another client) just leaves the defaults."""
+    try:
+        collections = client._client.collections
+        conns = [c.storage.storage for c in collections.values() if c.storage is not None]
+    except AttributeError:
+        log.debug("qdrant-client local storage not as expected; sqlite left as it is")
+        return
+    for conn in conns:
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=NORMAL")
 
 
 # -- the queue between the stream and the sink -----------------------------------------------

@@ -8,7 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import signal
+import subprocess
+import sys
 import threading
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -18,6 +23,7 @@ import pytest
 from qdrant_client import models
 
 from streams.sink import (
+    ENGINES,
     ITEMS,
     USER_VECTORS,
     USERS,
@@ -75,9 +81,10 @@ def store(tmp_path: Path) -> Path:
     return tmp_path / "qdrant"
 
 
-@pytest.fixture(params=["local", "edge"])
+@pytest.fixture(params=ENGINES)
 def engine(request: pytest.FixtureRequest) -> str:
-    """The embedded engines: qdrant-client local mode and Qdrant Edge (streams/edge_client.py)."""
+    """The embedded engines: qdrant-client local mode, the same in a child process
+    (streams/qdrant_process.py) and Qdrant Edge (streams/edge_client.py)."""
     return request.param
 
 
@@ -139,6 +146,82 @@ def test_local_store_is_locked_to_one_client_and_persists(store) -> None:
     with QdrantSink(DIM, path=store) as again:
         again.ensure_collections()
         assert again.get_users(["u1"])["u1"][1]["counts"] == {"click": 3}
+
+
+def test_local_process_holds_the_lock_only_while_it_runs(store) -> None:
+    sink = QdrantSink(DIM, path=store, engine="local-process")
+    sink.ensure_collections()
+    sink.upsert_users([user("u1", seed=3)])
+    with pytest.raises(RuntimeError, match="already accessed"):  # the child's error, here
+        QdrantSink(DIM, path=store, engine="local-process")
+    os.kill(sink.client.pid, signal.SIGKILL)  # a crash: no close, no unlock
+    with QdrantSink(DIM, path=store, engine="local-process") as again:
+        again.ensure_collections()
+        assert again.get_users(["u1"])["u1"][1]["counts"] == {"click": 3}
+    sink.close()  # closing a client whose child died is fine
+
+
+def test_a_killed_local_process_fails_calls_then_restarts(store) -> None:
+    sink = QdrantSink(DIM, path=store, engine="local-process")
+    sink.ensure_collections()
+    sink.upsert_users([user("u1", seed=1)])
+    pid = sink.client.pid
+    os.kill(pid, signal.SIGKILL)
+    start = time.monotonic()
+    with pytest.raises(ConnectionError, match=rf"process \(pid {pid}\) died during upsert"):
+        sink.upsert_users([user("u2")])
+    assert time.monotonic() - start < 5  # an error, not a hang
+    # the next call starts a new child on the same directory
+    sink.upsert_users([user("u2", seed=2)])
+    assert sink.client.pid not in (None, pid)
+    assert sink.count(USERS) == 2
+    sink.close()
+    sink.close()  # idempotent
+    with pytest.raises(RuntimeError, match="closed"):
+        sink.count(USERS)
+
+
+def test_local_process_raises_the_childs_errors(store) -> None:
+    with QdrantSink(DIM, path=store, engine="local-process") as sink:
+        sink.ensure_collections()
+        with pytest.raises(ValueError, match="Collection nothing not found") as err:
+            sink.client.count("nothing")
+        assert any("local-mode process" in note for note in err.value.__notes__)
+        assert sink.count(USERS) == 0  # and it goes on serving
+
+
+def test_a_local_process_exits_with_its_parent(store, tmp_path: Path) -> None:
+    code = (
+        "import sys, time; from streams.sink import QdrantSink\n"
+        "if __name__ == '__main__':\n"
+        f"    s = QdrantSink({DIM}, path=sys.argv[1], engine='local-process')\n"
+        "    print(s.client.pid, flush=True); time.sleep(60)\n"
+    )
+    script = tmp_path / "parent.py"
+    script.write_text(code)
+    parent = subprocess.Popen([sys.executable, str(script), str(store)], stdout=subprocess.PIPE)
+    try:
+        child = int(parent.stdout.readline())
+        parent.kill()  # SIGKILL: no atexit, no close
+        parent.wait()
+        deadline = time.monotonic() + 10
+        while _alive(child) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not _alive(child)
+    finally:
+        parent.kill()
+    with QdrantSink(DIM, path=store, engine="local-process") as again:  # unlocked
+        again.ensure_collections()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # a zombie (exited, not yet reaped by its parent's parent) counts as gone
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().rsplit(")", 1)[1].split()[0] != "Z"
 
 
 def test_edge_store_persists_across_clients(store) -> None:
@@ -343,12 +426,12 @@ def test_queue_refuses_a_point_that_could_never_be_written(sink: FlakySink) -> N
     assert queue.pending == 0
 
 
-# -- the two embedded engines answer alike ---------------------------------------------------
+# -- the embedded engines answer alike -------------------------------------------------------
 
 
-def test_edge_and_local_mode_answer_every_query_shape_alike(tmp_path: Path) -> None:
-    """Same items and users in both engines: every query the read side makes returns the
-    same ids in the same order, with the same scores (RRF included)."""
+def test_embedded_engines_answer_every_query_shape_alike(tmp_path: Path) -> None:
+    """Same items and users in every engine: every query the read side makes returns the
+    same ids in the same order, with the same scores (RRF included) as local mode."""
     tags = ["a", "b", "c"]
     items = [
         ItemPoint(f"i{n}", unit(1000 + n), {"title": f"t{n}", "tags": [tags[n % 3]]})
@@ -356,7 +439,7 @@ def test_edge_and_local_mode_answer_every_query_shape_alike(tmp_path: Path) -> N
     ]
     users = [user(f"u{n}", seed=10 * n) for n in range(40)]
     answers = {}
-    for engine in ("local", "edge"):
+    for engine in ENGINES:
         with QdrantSink(DIM, path=tmp_path / engine, engine=engine) as s:
             s.ensure_collections()
             s.upsert_items(items)
@@ -370,13 +453,14 @@ def test_edge_and_local_mode_answer_every_query_shape_alike(tmp_path: Path) -> N
                 got.append(s.nearest_items(v, 5, exclude=[f"i{q}"]))
                 got.append(s.nearest_users(v, 5, exclude=["u1"]))
             answers[engine] = got
-    for local, edge in zip(answers["local"], answers["edge"], strict=True):
-        assert len(local) > 0
-        assert np.allclose([h[1] for h in local], [h[1] for h in edge], atol=1e-5)
-        # equal scores may come in either order (RRF ties a lot), and a tie at the cut
-        # may keep either item: compare ids per score above the last score
-        last = local[-1][1]
-        above_l = {h[0]: h[1] for h in local if h[1] > last + 1e-4}
-        above_e = {h[0]: h[1] for h in edge if h[1] > last + 1e-4}
-        assert above_l.keys() == above_e.keys(), (local, edge)
-        assert all(abs(above_l[i] - above_e[i]) < 1e-5 for i in above_l)
+    for engine in ENGINES[1:]:
+        for local, other in zip(answers["local"], answers[engine], strict=True):
+            assert len(local) > 0
+            assert np.allclose([h[1] for h in local], [h[1] for h in other], atol=1e-5)
+            # equal scores may come in either order (RRF ties a lot), and a tie at the cut
+            # may keep either item: compare ids per score above the last score
+            last = local[-1][1]
+            above_l = {h[0]: h[1] for h in local if h[1] > last + 1e-4}
+            above_o = {h[0]: h[1] for h in other if h[1] > last + 1e-4}
+            assert above_l.keys() == above_o.keys(), (engine, local, other)
+            assert all(abs(above_l[i] - above_o[i]) < 1e-5 for i in above_l)
