@@ -306,15 +306,19 @@ class Processor:
         topic, so a deletion may arrive before events that were published earlier. The
         rule is by publish time (Kafka timestamp): a deletion erases every event of the
         user published up to it, whenever it arrives; later events start a new profile.
-        A re-delivered deletion (offset already handled) only rewrites the record.
+        A re-delivered deletion (offset already handled) only rewrites the record. A
+        deletion's time is at most the time it is applied (a forged future timestamp).
         """
         fresh = []
         redelivered = False
+        now = time.time()
         for m, e in evs:
             if isinstance(e, DeleteEvent):
                 record = record or UserRecord.new(self.dim, self.params)
                 if record.state.claim(m.topic, m.partition, m.offset):
-                    fresh.append(m.timestamp)
+                    # a producer sets the Kafka timestamp: one forged far into the future
+                    # would erase every event of the user until then
+                    fresh.append(None if m.timestamp is None else min(m.timestamp, now))
                 else:
                     res.counts["duplicates"] += 1
                     redelivered = True

@@ -10,6 +10,7 @@ import asyncio
 import base64
 import hashlib
 import json
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -348,6 +349,17 @@ def test_a_deletion_arriving_before_earlier_published_events_still_erases_them()
     assert res.counts["erased"] == 1 and res.counts["applied"] == 1
     st = table.state("u1")
     assert st.counts["search"] == 1 and [t for t, _ in st.top_terms()] == ["fresh", "start"]
+    invariant(proc)
+
+
+def test_a_deletion_with_a_forged_future_timestamp_does_not_block_the_users_new_events():
+    proc, _, table, s = setup()
+    s.clock = time.time() + 10 * 365 * 86400.0  # the producer set the Kafka timestamp
+    run(proc, table, [s.msg("delete", user_id="u1")])
+    s.clock = time.time() + 1.0  # published after the deletion was applied
+    res = run(proc, table, [s.msg("search", event_id="e1", user_id="u1", ts=2.0, query="new")])
+    assert res.counts["erased"] == 0 and res.counts["applied"] == 1
+    assert UserRecord.from_bytes(table.rows["u1"], PARAMS).erased_at <= time.time()
     invariant(proc)
 
 
