@@ -1,7 +1,9 @@
 """The Faust app: topics, the users table, the batch agent, the parked-click timer, views.
 
-One agent reads the four user topics and `items` in micro-batches (`take_events`) and
-hands each batch to `streams.worker.Processor`. Faust couples a table write to the
+One task takes the four user topics and `items` in micro-batches straight from Faust's
+fetch loop (`streams.batch_intake`: Faust's per-message streams cost more than the whole
+per-event budget) and hands each batch to `streams.worker.Processor`; a message is
+acknowledged, so committed by Faust, once its batch is written. Faust couples a table write to the
 partition of the *current event*; in a batch that is the last event of the batch, which
 may belong to another user's partition. So every table read and write here runs under
 `partition_context(topic, partition)` of the user's own messages: the write lands in the
@@ -33,6 +35,7 @@ import numpy as np
 from faust.streams import _current_event
 
 from streams.api import ApiError, ReadSide, user_id_of
+from streams.batch_intake import BatchBuffer, install
 from streams.config import Settings
 from streams.embedded import DLQ_TOPIC, INPUT_TOPICS
 from streams.faust_fixes import App as FixedFaustApp
@@ -153,12 +156,19 @@ BATCH_FINISH_TIMEOUT_S = 20.0
 class WorkerApp(FixedFaustApp):
     """The Faust app, stopped without losing a batch (SIGTERM, Ctrl-C).
 
-    Faust stops the app before its agents: it closes the tables, then cancels the agents,
-    and `take_events` acknowledges the batch in hand whether or not it was processed, so
-    the consumer commits offsets of events never applied. Here the batch in flight first
-    finishes (table, dead letters, Qdrant marks; at most BATCH_FINISH_TIMEOUT_S), and the
-    batches taken after it stay unacknowledged: the next run reads them again.
+    Faust stops the app before its tasks: it closes the tables, then cancels the tasks.
+    Here the batch in flight first finishes (table, dead letters, Qdrant marks; at most
+    BATCH_FINISH_TIMEOUT_S), and the batches taken after it stay unacknowledged: the next
+    run reads them again.
     """
+
+    intake: BatchBuffer | None = None  # set by create_app before the consumer exists
+
+    def _new_consumer(self) -> Any:
+        consumer = super()._new_consumer()
+        if self.intake is not None:
+            install(consumer, INPUT_TOPICS, self.intake)
+        return consumer
 
     async def on_stop(self) -> None:
         rt: Runtime | None = getattr(self, "runtime", None)
@@ -182,12 +192,6 @@ class WorkerApp(FixedFaustApp):
             await super().on_stop()
         finally:
             rt.lock.release()
-
-
-def leave_unacked(events: Any) -> None:
-    """Hold a reference to each event's message, so Faust never acknowledges (commits) it."""
-    for e in events:
-        e.message.incref()
 
 
 def create_app(settings: Settings, encoder: TextEncoder, sink: QdrantSink) -> faust.App:
@@ -255,6 +259,9 @@ def create_app(settings: Settings, encoder: TextEncoder, sink: QdrantSink) -> fa
         partitions=settings.partitions,
     )
     source = app.topic(*INPUT_TOPICS, key_serializer="raw", value_serializer="raw")
+    app.topics.add(source)  # subscribed to and acknowledged by Faust as usual
+    app.intake = BatchBuffer(4 * settings.batch_size)  # filled by Faust's fetch loop
+    app.flow_control.manage_queue(app.intake)  # cleared with Faust's queues on rebalance
     dlq = app.topic(DLQ_TOPIC, key_serializer="raw", value_serializer="raw", partitions=1)
 
     def load(user: str, context: Message) -> bytes | None:
@@ -280,30 +287,39 @@ def create_app(settings: Settings, encoder: TextEncoder, sink: QdrantSink) -> fa
             state, published = res.writes[user].record.state, res.published.get(user)
             queue.mark_later(user, partial(user_point, user, state, published))
 
-    def still_ours(events: list[Any]) -> list[Any]:
-        """The events of partitions this worker still owns, in the current group generation;
-        the others are left unacknowledged (their new owner, or this worker after the
-        rebalance, reads them again from the committed offset). Call under `rt.lock`."""
+    def still_ours(batch: list[Any]) -> list[Any]:
+        """The messages of partitions this worker still owns, in the current group
+        generation. The others stay unacknowledged: their new owner (or this worker after
+        the rebalance) reads them again from the committed offset. Call under `rt.lock`."""
         generation = app.consumer_generation_id
-        keep, stale = [], []
-        for e in events:
-            m = e.message
-            gone = m.generation_id != generation or (m.topic, m.partition) in rt.revoked
-            (stale if gone else keep).append(e)
-        if stale:
-            leave_unacked(stale)
-            log.info("left %d messages of revoked partitions to their next owner", len(stale))
+        revoked = rt.revoked
+        keep = [
+            m
+            for m in batch
+            if m.generation_id == generation and (m.topic, m.partition) not in revoked
+        ]
+        if len(keep) < len(batch):
+            log.info("left %d messages of revoked partitions", len(batch) - len(keep))
         return keep
+
+    def acknowledge(batch: list[Any]) -> None:
+        """Mark messages done: Faust commits their offsets (after the table writes are
+        sent, streams/faust_fixes.py). Not those of partitions being revoked: their
+        offsets are no longer ours to commit."""
+        consumer, revoked = app.consumer, rt.revoked
+        for m in batch:
+            if (m.topic, m.partition) not in revoked:
+                m.ack(consumer)
 
     @app.on_partitions_revoked.connect
     async def on_revoked(app: faust.App, revoked: set[Any], **kwargs: Any) -> None:
         """Before partitions move to another worker: the batch in flight finishes and its
-        table writes reach the changelog, and nothing more is written for them here. (Faust
-        waits for neither without `stream_wait_empty`: a batch finished after the new owner
-        restored the partition wrote stale records over the new owner's, and events were
-        lost or applied twice.)"""
+        table writes reach the changelog, and nothing more is written for them here.
+        (Faust waits for neither without `stream_wait_empty`: a batch finished after the
+        new owner restored the partition wrote stale records over the new owner's, and
+        events were lost or applied twice.)"""
+        rt.revoked.update((tp.topic, tp.partition) for tp in revoked)
         async with rt.lock:
-            rt.revoked.update((tp.topic, tp.partition) for tp in revoked)
             for user, (topic, partition) in list(rt.parked.items()):
                 if (topic, partition) in rt.revoked:
                     rt.parked.pop(user, None)
@@ -314,33 +330,27 @@ def create_app(settings: Settings, encoder: TextEncoder, sink: QdrantSink) -> fa
         # messages fetched before this carry the old generation id: still_ours drops them
         rt.revoked.clear()
 
-    @app.agent(source)
-    async def consume(stream: faust.StreamT) -> None:
-        async for batch in stream.take_events(settings.batch_size, within=settings.batch_within_s):
+    @app.task
+    async def consume() -> None:
+        intake = app.intake
+        while True:
+            batch = await intake.take(settings.batch_size, settings.batch_within_s)
             if rt.closing:
-                leave_unacked(batch)
-                continue
+                continue  # not acknowledged: the next run reads them again
             async with rt.lock:
-                events = still_ours(batch)
-                if not events:
+                batch = still_ours(batch)
+                if not batch:
                     continue
                 messages = [
-                    Message(
-                        e.message.topic,
-                        e.message.partition,
-                        e.message.offset,
-                        e.message.key,
-                        e.message.value,
-                        e.message.timestamp,
-                    )
-                    for e in events
+                    Message(m.topic, m.partition, m.offset, m.key, m.value, m.timestamp)
+                    for m in batch
                 ]
                 started = time.perf_counter()
                 res = await processor.process(messages, load)
                 if not rt.writable:  # stopping stopped waiting for this batch
-                    leave_unacked(events)
                     continue
                 await commit(res)
+                acknowledge(batch)
                 rt.batches += 1
                 metrics.observe_batch(
                     [m.topic for m in messages], res, time.perf_counter() - started

@@ -478,6 +478,7 @@ class ChaosRun:
         deadline = time.monotonic() + self.timeout_s
         said = time.monotonic()
         while time.monotonic() < deadline:
+            self._check_alive()
             late = self._behind_now()
             if not late:
                 return time.monotonic() - self._t_restart
@@ -487,16 +488,18 @@ class ChaosRun:
             time.sleep(0.25)
         raise TimeoutError(f"{self.label}: not caught up {self.timeout_s:.0f}s after {kill}")
 
+    def _check_alive(self) -> None:
+        for w in self.workers:
+            if w.proc is not None and w.proc.poll() is not None:
+                raise RuntimeError(f"{self.label}: a worker exited:\n{w.tail()}")
+
     def _drain(self, deadline: float) -> None:
         """Until the group committed everything and no worker has anything pending."""
         state: Any = None
         while time.monotonic() < deadline:
             offsets = self._offsets()
-            healths = []
-            for w in self.workers:
-                if w.proc is not None and w.proc.poll() is not None:
-                    raise RuntimeError(f"{self.label}: a worker exited:\n{w.tail()}")
-                healths.append(w.health())
+            self._check_alive()
+            healths = [w.health() for w in self.workers]
             state = [
                 (o.topic, o.partition, o.position, o.end) for o in offsets if o.position < o.end
             ]
