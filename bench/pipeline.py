@@ -572,7 +572,7 @@ RULES: list[tuple[str, tuple[str, ...]]] = [
     ("SyncQueue.mark checks (_user_parts)", ("mark (streams/sink.py",)),
     (
         "user point: vectors, fused, top terms",
-        ("user_point (streams/app.py", "vectors (bench/baseline_faust.py"),
+        ("user_point (streams/user_points.py", "vectors (bench/baseline_faust.py"),
     ),
     (
         "state decode + encode (record bytes / JSON)",

@@ -37,10 +37,10 @@ import numpy as np
 from machine import machine_info
 from pipeline import Workload, window_stats
 
-from streams.app import user_point
 from streams.events import parse_event
 from streams.sink import QdrantSink, _user_parts, _user_struct
 from streams.state import StateParams, TextVectors, summarize
+from streams.user_points import user_point
 from streams.worker import Message, Processor
 
 DIM = 384

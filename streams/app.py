@@ -45,8 +45,7 @@ from streams.metrics import Metrics
 from streams.popularity import Popularity
 from streams.ranking_metrics import Calibration
 from streams.record import UserRecord
-from streams.sink import QdrantSink, SyncQueue, UserPoint
-from streams.state import InterestState
+from streams.sink import QdrantSink, RecordPoint, SyncQueue, UserPoint
 from streams.status_page import register_status_page
 from streams.worker import BatchResult, Message, Processor, TextEncoder
 
@@ -78,25 +77,6 @@ def partition_context(topic: str, partition: int) -> Iterator[None]:
         _current_event.reset(token)
 
 
-def user_point(user_id: str, state: InterestState, published_at: float | None) -> UserPoint:
-    """The Qdrant `users` point: the five vectors (absent ones omitted) and the payload."""
-    return UserPoint(
-        user_id=user_id,
-        vectors=state.named_vectors(),
-        payload={
-            "user_id": user_id,
-            "top_terms": [[t, round(w, 6)] for t, w in state.top_terms(10)],
-            "counts": state.counts,
-            "seen_items": state.seen_items(),
-            "first_ts": state.first_ts,
-            "last_ts": state.last_ts,
-            # newest Kafka (publish) timestamp among the events behind this point
-            "published_at": published_at,
-            "updated_at": time.time(),
-        },
-    )
-
-
 class Freshness:
     """Publish time (Kafka timestamp) -> vector visible in Qdrant, for the newest event
     behind each upserted point.
@@ -109,9 +89,9 @@ class Freshness:
         self.recent: deque[float] = deque(maxlen=size)
         self.count = 0
 
-    def observe(self, points: list[UserPoint], visible_at: float) -> list[float]:
+    def observe(self, points: list[UserPoint | RecordPoint], visible_at: float) -> list[float]:
         """Record the points' freshness; returns their publish times."""
-        published = [float(t) for p in points if (t := p.payload.get("published_at")) is not None]
+        published = [float(t) for p in points if (t := p.published_at) is not None]
         for t in published:
             self.recent.append(visible_at - t)
         self.count += len(published)
@@ -163,11 +143,23 @@ class WorkerApp(FixedFaustApp):
     """
 
     intake: BatchBuffer | None = None  # set by create_app before the consumer exists
+    fetch_max_wait_ms: int | None = None  # Settings.fetch_max_wait_ms (Faust: 1,500)
 
     def _new_consumer(self) -> Any:
         consumer = super()._new_consumer()
         if self.intake is not None:
             install(consumer, INPUT_TOPICS, self.intake)
+        wait_ms = self.fetch_max_wait_ms
+        thread = getattr(consumer, "_thread", None)
+        if wait_ms is not None and thread is not None:
+            create = thread._create_worker_consumer  # Faust hard-codes fetch_max_wait_ms
+
+            def create_worker_consumer(*args: Any, **kwargs: Any) -> Any:
+                kafka_consumer = create(*args, **kwargs)
+                kafka_consumer._fetch_max_wait_ms = wait_ms  # read by aiokafka's start()
+                return kafka_consumer
+
+            thread._create_worker_consumer = create_worker_consumer
         return consumer
 
     async def on_stop(self) -> None:
@@ -235,10 +227,10 @@ def create_app(settings: Settings, encoder: TextEncoder, sink: QdrantSink) -> fa
     freshness = Freshness()
     metrics = Metrics()
 
-    def on_flushed(points: list[UserPoint], visible_at: float) -> None:
+    def on_flushed(points: list[UserPoint | RecordPoint], visible_at: float) -> None:
         metrics.observe_flush(freshness.observe(points, visible_at), visible_at, queue.last_flush_s)
 
-    queue = SyncQueue(sink, executor=executor, on_flushed=on_flushed)
+    queue = SyncQueue(sink, executor=executor, on_flushed=on_flushed, params=params)
     processor = Processor(
         encoder,
         items,
@@ -261,6 +253,7 @@ def create_app(settings: Settings, encoder: TextEncoder, sink: QdrantSink) -> fa
     source = app.topic(*INPUT_TOPICS, key_serializer="raw", value_serializer="raw")
     app.topics.add(source)  # subscribed to and acknowledged by Faust as usual
     app.intake = BatchBuffer(4 * settings.batch_size)  # filled by Faust's fetch loop
+    app.fetch_max_wait_ms = settings.fetch_max_wait_ms
     app.flow_control.manage_queue(app.intake)  # cleared with Faust's queues on rebalance
     dlq = app.topic(DLQ_TOPIC, key_serializer="raw", value_serializer="raw", partitions=1)
 
@@ -284,8 +277,7 @@ def create_app(settings: Settings, encoder: TextEncoder, sink: QdrantSink) -> fa
         for user in res.deleted:
             queue.mark_deleted(user)
         for user in res.updated:  # points are built when written: once per flush, not batch
-            state, published = res.writes[user].record.state, res.published.get(user)
-            queue.mark_later(user, partial(user_point, user, state, published))
+            queue.mark_record(RecordPoint(user, res.writes[user].data, res.published.get(user)))
 
     def still_ours(batch: list[Any]) -> list[Any]:
         """The messages of partitions this worker still owns, in the current group
@@ -409,7 +401,7 @@ def create_app(settings: Settings, encoder: TextEncoder, sink: QdrantSink) -> fa
                 if record.erased:
                     queue.mark_deleted(user)
                 elif record.state.last_ts is not None:
-                    queue.mark(user_point(user, record.state, None))
+                    queue.mark_record(RecordPoint(user, raw, None))
                 n += 1
             rt.scanned_for = owned
             log.info(

@@ -29,10 +29,11 @@ class Settings(BaseSettings):
     store: Literal["rocksdb", "memory"] = "rocksdb"
     qdrant_url: str | None = None  # None: qdrant-client local mode under data_dir/qdrant
     qdrant_api_key: SecretStr | None = None  # for a Qdrant server that requires one
-    # embedded store without a server: qdrant-client local mode (in-process, or "local-process":
-    # in a child process, streams/qdrant_process.py) under data_dir/qdrant, or Qdrant Edge
+    # embedded store without a server: qdrant-client local mode under data_dir/qdrant, in a
+    # child process (default; streams/qdrant_process.py: its writes run on another core,
+    # freshness p99 4.2 s -> 0.7 s at 1,000 events/s) or in-process ("local"), or Qdrant Edge
     # (Rust, in-process; streams/edge_client.py) under data_dir/qdrant-edge
-    qdrant_engine: Literal["local", "edge", "local-process"] = "local"
+    qdrant_engine: Literal["local-process", "local", "edge"] = "local-process"
     # Kafka security, passed through to the client: SASL (PLAIN or SCRAM) and/or TLS
     kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
     kafka_sasl_username: str | None = None
@@ -45,6 +46,9 @@ class Settings(BaseSettings):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     batch_size: int = Field(default=2000, ge=1)  # max events per micro-batch
     batch_within_s: float = Field(default=0.05, gt=0)  # max wait to fill a micro-batch
+    # how long a fetch may wait at the broker for data. Faust sets 1.5 s, and Tansu holds a
+    # fetch that long even while messages arrive: ~1 s of freshness at 1,000 events/s
+    fetch_max_wait_ms: int = Field(default=100, ge=0, le=1500)
     item_cache_size: int = Field(default=20_000, ge=0)  # item encodings kept in memory
     park_max_wait_s: float = Field(default=60.0, ge=0)  # a click waits this long for its item
     park_max_per_user: int = Field(default=32, ge=0)  # parked clicks one user may hold

@@ -53,6 +53,7 @@ _CHECK_S = 1.0  # how often a side waiting for the other checks that the other i
 _CLOSE_TIMEOUT_S = 10.0
 _UPSERT_COLUMNS = "upsert_columns"  # see `_columns`
 _TUNE = "tune_local_storage"
+_UPSERT_RECORDS = "upsert_user_records"
 # the QdrantClient methods the child serves (what QdrantSink calls, and a few more)
 _CALLS = frozenset(
     {
@@ -131,7 +132,22 @@ def _upsert_columns(
     return client.upsert(collection, points=points, **kwargs)
 
 
+def _upsert_user_records(
+    client: Any, collection: str, points: list[Any], params: Any, dim: int
+) -> list[str]:
+    """`QdrantSink.upsert_user_records` on this side: points built here, off the parent's
+    core; returns the users whose point did not build."""
+    from streams.sink import build_user_structs
+
+    structs, failed = build_user_structs(points, params, dim, local=True)
+    if structs:
+        client.upsert(collection, points=structs, wait=True)
+    return failed
+
+
 def _handler(client: Any, method: str) -> Callable[..., Any]:
+    if method == _UPSERT_RECORDS:
+        return lambda *args: _upsert_user_records(client, *args)
     if method == _UPSERT_COLUMNS:
         return lambda *args, **kwargs: _upsert_columns(client, *args, **kwargs)
     if method == _TUNE:
@@ -344,6 +360,13 @@ class ProcessClient:
         if cols is None:
             return self._call("upsert", (collection_name,), {"points": points, **kwargs})
         return self._call(_UPSERT_COLUMNS, (collection_name, *cols), kwargs)
+
+    def upsert_user_records(
+        self, collection_name: str, points: list[Any], params: Any, dim: int
+    ) -> list[str]:
+        """Build user points from their record bytes (`streams.sink.RecordPoint`) in the
+        child and upsert them there; returns the users whose point did not build."""
+        return self._call(_UPSERT_RECORDS, (collection_name, points, params, dim), {})  # type: ignore[no-any-return]
 
     def tune_local_storage(self) -> None:
         """`streams.sink.tune_local_storage` in the child, and in every later one."""

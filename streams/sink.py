@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 from qdrant_client import QdrantClient, models
 
-from streams.state import TextVectors
+from streams.state import DEFAULT_PARAMS, TextVectors
 
 USERS = "users"
 ITEMS = "items"
@@ -107,6 +107,21 @@ class UserPoint:
         unknown = set(self.vectors) - set(USER_VECTORS)
         if unknown:
             raise ValueError(f"unknown user vectors {sorted(unknown)}; known: {USER_VECTORS}")
+
+    @property
+    def published_at(self) -> float | None:
+        """Kafka timestamp of the newest event behind the point (freshness), if given."""
+        return self.payload.get("published_at")
+
+
+@dataclass(frozen=True)
+class RecordPoint:
+    """A user point still to be built from the user's table record (`UserRecord` bytes),
+    where it is written (streams/user_points.py)."""
+
+    user_id: str
+    record: bytes
+    published_at: float | None = None
 
 
 @dataclass(frozen=True, eq=False)
@@ -452,6 +467,21 @@ class QdrantSink:
             with self._lock:
                 self.client.upsert(USERS, points=list(structs), wait=True)
 
+    def upsert_user_records(self, points: Sequence[RecordPoint], params: Any) -> list[str]:
+        """Build the points of queued records (`params`: their StateParams) and upsert them
+        in one call; with the local-process engine both happen in its child process.
+        Returns the users whose point could not be built (logged and skipped: a bug)."""
+        if not points:
+            return []
+        if self.engine == "local-process":
+            with self._lock:
+                return self.client.upsert_user_records(  # type: ignore[attr-defined, no-any-return]
+                    USERS, list(points), params, self.dim
+                )
+        structs, failed = build_user_structs(points, params, self.dim, self.local)
+        self.upsert_user_structs(structs)
+        return failed
+
     def delete_users(self, user_ids: Iterable[str]) -> None:
         """Delete users' points in one call; unknown users are fine."""
         ids = list(dict.fromkeys(user_point_id(u) for u in user_ids))
@@ -646,6 +676,23 @@ def tune_local_storage(client: Any) -> None:
         conn.execute("PRAGMA synchronous=NORMAL")
 
 
+def build_user_structs(
+    points: Sequence[RecordPoint], params: Any, dim: int, local: bool
+) -> tuple[list[models.PointStruct], list[str]]:
+    """Checked structs of the points built from `points`' records, and the users whose
+    point failed to build (logged)."""
+    from streams.user_points import point_from_record
+
+    structs, failed = [], []
+    for p in points:
+        try:
+            structs.append(_user_struct(point_from_record(p, params), dim, local))
+        except Exception:
+            log.exception("building the Qdrant point of user %r failed; skipped", p.user_id)
+            failed.append(p.user_id)
+    return structs, failed
+
+
 # -- the queue between the stream and the sink -----------------------------------------------
 
 
@@ -678,10 +725,13 @@ class SyncQueue:
         backoff_factor: float = 2.0,
         backoff_max: float = 5.0,
         jitter: float = 0.1,
-        on_flushed: Callable[[list[UserPoint], float], None] | None = None,
+        on_flushed: Callable[[list[UserPoint | RecordPoint], float], None] | None = None,
         executor: Executor | None = None,
+        params: Any = None,
     ) -> None:
         self.sink = sink
+        # StateParams of the records queued with `mark_record` (None: the defaults)
+        self.params = DEFAULT_PARAMS if params is None else params
         self.backoff_start = backoff_start
         self.backoff_factor = backoff_factor
         self.backoff_max = backoff_max
@@ -693,7 +743,7 @@ class SyncQueue:
         self.deleted = 0  # users deleted
         self.failures = 0  # failed write calls
         self.last_flush_s = 0.0  # duration of the last successful write call
-        self._points: dict[str, UserPoint | Callable[[], UserPoint]] = {}
+        self._points: dict[str, UserPoint | RecordPoint | Callable[[], UserPoint]] = {}
         self._deletes: dict[str, None] = {}  # an ordered set
         self.dropped = 0  # lazily built points that failed to build (a bug: logged)
         self._in_flight: set[str] = set()  # users in the write now running
@@ -733,13 +783,25 @@ class SyncQueue:
         self._points[user_id] = build
         self._wake.set()
 
+    def mark_record(self, point: RecordPoint) -> None:
+        """Queue a user's latest record, built into a point where it is written (the bytes
+        are checked there: a bad record is logged and dropped, a bug)."""
+        self._deletes.pop(point.user_id, None)
+        self._points[point.user_id] = point
+        self._wake.set()
+
     def _build(
-        self, taken: dict[str, UserPoint | Callable[[], UserPoint]]
-    ) -> tuple[dict[str, UserPoint], list[Any]]:
-        """Points (lazy ones built now, from the current state) and their checked structs."""
-        points: dict[str, UserPoint] = {}
-        structs = []
+        self, taken: dict[str, UserPoint | RecordPoint | Callable[[], UserPoint]]
+    ) -> tuple[dict[str, UserPoint | RecordPoint], list[Any], list[RecordPoint]]:
+        """Points (lazy ones built now, from the current state), their checked structs, and
+        the records to be built where they are written."""
+        points: dict[str, UserPoint | RecordPoint] = {}
+        structs, records = [], []
         for user_id, p in taken.items():
+            if isinstance(p, RecordPoint):
+                points[user_id] = p
+                records.append(p)
+                continue
             try:
                 point = p() if callable(p) else p
                 structs.append(self.sink.user_struct(point))
@@ -748,7 +810,7 @@ class SyncQueue:
                 self.dropped += 1
                 continue
             points[user_id] = point
-        return points, structs
+        return points, structs, records
 
     def mark_deleted(self, user_id: str) -> None:
         """Queue a user's deletion (cancels a pending state of that user)."""
@@ -756,14 +818,18 @@ class SyncQueue:
         self._deletes[user_id] = None
         self._wake.set()
 
-    def _write(self, deletes: list[str], structs: list[Any]) -> tuple[float, float]:
-        """In the worker thread: returns (time.time() when visible, seconds taken)."""
+    def _write(
+        self, deletes: list[str], structs: list[Any], records: list[RecordPoint]
+    ) -> tuple[float, float, list[str]]:
+        """In the worker thread: returns (time.time() when visible, seconds taken, users
+        whose record did not build)."""
         start = time.perf_counter()
         if deletes:
             self.sink.delete_users(deletes)
         if structs:
             self.sink.upsert_user_structs(structs)
-        return time.time(), time.perf_counter() - start
+        failed = self.sink.upsert_user_records(records, self.params) if records else []
+        return time.time(), time.perf_counter() - start, failed
 
     async def _flush_once(self) -> bool:
         """Write everything pending in one go; False (entries put back) when it failed."""
@@ -772,15 +838,15 @@ class SyncQueue:
                 return True
             taken, deletes = self._points, self._deletes
             self._points, self._deletes = {}, {}
-            points, structs = self._build(taken)
+            points, structs, records = self._build(taken)
             self._in_flight = {*points, *deletes}
             self._wake.clear()
             if self._executor is None:
                 self._executor = ThreadPoolExecutor(1, thread_name_prefix="qdrant-sink")
             loop = asyncio.get_running_loop()
             try:
-                visible_at, took = await loop.run_in_executor(
-                    self._executor, self._write, list(deletes), structs
+                visible_at, took, failed = await loop.run_in_executor(
+                    self._executor, self._write, list(deletes), structs, records
                 )
             except BaseException as exc:  # cancelled too: a timed-out flush keeps its entries
                 self._put_back(points, deletes)
@@ -791,6 +857,9 @@ class SyncQueue:
             finally:
                 self._in_flight = set()
             self._succeeded(took)
+            for user_id in failed:
+                points.pop(user_id, None)
+            self.dropped += len(failed)
             self.upserted += len(points)
             self.deleted += len(deletes)
             if points and self.on_flushed is not None:
@@ -800,7 +869,9 @@ class SyncQueue:
                     log.exception("on_flushed hook failed")
             return True
 
-    def _put_back(self, points: dict[str, UserPoint], deletes: dict[str, None]) -> None:
+    def _put_back(
+        self, points: dict[str, UserPoint | RecordPoint], deletes: dict[str, None]
+    ) -> None:
         """Requeue taken entries, except users marked or deleted again meanwhile."""
         for user_id, point in points.items():
             if user_id not in self._points and user_id not in self._deletes:

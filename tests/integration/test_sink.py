@@ -22,6 +22,7 @@ import numpy as np
 import pytest
 from qdrant_client import models
 
+from streams.record import UserRecord
 from streams.sink import (
     ENGINES,
     ITEMS,
@@ -30,12 +31,14 @@ from streams.sink import (
     CollectionMismatchError,
     ItemPoint,
     QdrantSink,
+    RecordPoint,
     SyncQueue,
     UserPoint,
     text_vectors_from_payload,
     text_vectors_to_payload,
 )
-from streams.state import summarize
+from streams.state import EncodedEvent, StateParams, summarize
+from streams.user_points import user_point
 
 pytestmark = pytest.mark.integration
 
@@ -464,3 +467,53 @@ def test_embedded_engines_answer_every_query_shape_alike(tmp_path: Path) -> None
             above_o = {h[0]: h[1] for h in other if h[1] > last + 1e-4}
             assert above_l.keys() == above_o.keys(), (engine, local, other)
             assert all(abs(above_l[i] - above_o[i]) < 1e-5 for i in above_l)
+
+
+# -- points built from table records (where they are written) ------------------------------
+
+
+def record_bytes(seed: int, params: StateParams, negative: bool = False) -> bytes:
+    rng = np.random.default_rng(seed)
+    record = UserRecord.new(DIM, params)
+    for i in range(3):
+        words = [f"w{seed}", f"x{i}"]
+        text = summarize(
+            words,
+            rng.standard_normal((2, DIM)).astype(np.float32),
+            rng.standard_normal((1, DIM)).astype(np.float32),
+            rng.standard_normal(DIM).astype(np.float32),
+        )
+        rating = 1 if negative and i == 0 else None
+        record.state.update(EncodedEvent("click", 100.0 + i, text, item_id=f"m{i}", rating=rating))
+    return record.to_bytes()
+
+
+def test_queued_records_become_the_points_their_states_give(sink: FlakySink) -> None:
+    params = StateParams()
+    flushed: list[list[float | None]] = []
+    queue = SyncQueue(
+        sink, params=params, on_flushed=lambda ps, t: flushed.append([p.published_at for p in ps])
+    )
+    records = {"u1": record_bytes(1, params, negative=True), "u2": record_bytes(2, params)}
+    queue.mark_record(RecordPoint("u1", record_bytes(9, params), 5.0))  # replaced below
+    for n, (user_id, data) in enumerate(records.items()):
+        queue.mark_record(RecordPoint(user_id, data, 10.0 + n))
+    queue.mark_record(RecordPoint("bad", b"not a record", 12.0))  # a bug: logged, dropped
+
+    asyncio.run(run_until_flushed(queue))
+
+    assert (queue.upserted, queue.dropped, queue.pending) == (2, 1, 0)
+    assert flushed == [[10.0, 11.0]]
+    stored = sink.get_users(["u1", "u2", "bad"])
+    assert set(stored) == {"u1", "u2"}
+    for user_id, data in records.items():
+        want = user_point(user_id, UserRecord.from_bytes(data, params).state, None)
+        vectors, payload = stored[user_id]
+        assert set(vectors) == {k for k, v in want.vectors.items() if v is not None}
+        for name, v in vectors.items():  # Qdrant keeps cosine vectors at unit length
+            w = want.vectors[name]
+            assert np.allclose(v, w / np.linalg.norm(w), atol=1e-6), (user_id, name)
+        assert payload["top_terms"] == want.payload["top_terms"]
+        assert payload["counts"] == want.payload["counts"]
+        assert payload["published_at"] == 10.0 + list(records).index(user_id)
+    assert "negative" in stored["u1"][0] and "negative" not in stored["u2"][0]

@@ -163,9 +163,11 @@ def split(files: Files, tmp: Path) -> tuple[Path, Path]:
     return first, rest
 
 
-def start_worker(broker: EmbeddedBroker, data_dir: Path, files: Files) -> WorkerProcess:
+def start_worker(
+    broker: EmbeddedBroker, data_dir: Path, files: Files, env: dict[str, str] | None = None
+) -> WorkerProcess:
     """A worker that has consumed the items (so clicks never wait for them)."""
-    worker = WorkerProcess(broker.bootstrap, data_dir, partitions=PARTITIONS).start()
+    worker = WorkerProcess(broker.bootstrap, data_dir, partitions=PARTITIONS, env=env).start()
     replay(files.items, broker.bootstrap)
     worker.wait_idle(consumed=files.n_items, timeout=TIMEOUT_S)
     return worker
@@ -314,10 +316,12 @@ def test_broker_restarted_mid_stream_on_s3_storage_loses_and_repeats_nothing(
     worker = restored = None
     try:
         ensure_topics(broker.bootstrap, PARTITIONS)
-        worker = start_worker(broker, tmp_path / "data", files)
+        # small batches: the whole backlog takes a worker ~1 s in its default 2,000-event
+        # batches, so the outage could miss it
+        worker = start_worker(broker, tmp_path / "data", files, env={"INTEREST_BATCH_SIZE": "50"})
         w = worker
         n_first = replay(first, broker.bootstrap)
-        poll_until("events consumed", lambda: consumed(w) > files.n_items)
+        poll_until("events consumed", lambda: consumed(w) > files.n_items, every=0.02)
         at_stop = consumed(worker)
         broker.stop() if how == "stop" else broker.kill()
         t_stop = time.monotonic()
