@@ -336,6 +336,16 @@ def test_queue_writes_latest_state_per_user_in_one_call(sink: FlakySink) -> None
     assert set(sink.get_users(["u1", "u2", "u3"])) == {"u1", "u3"}
 
 
+def test_queue_writes_at_most_max_points_a_call_longest_waiting_first(sink: FlakySink) -> None:
+    queue = SyncQueue(sink, max_points=2)
+    for n in range(5):
+        queue.mark(user(f"u{n}", seed=n))
+    queue.mark(user("u0", seed=7))  # marked again: keeps its place, latest state
+    asyncio.run(run_until_flushed(queue))
+    assert sink.batches == [["u0", "u1"], ["u2", "u3"], ["u4"]]
+    assert sink.get_users(["u0"])["u0"][1]["counts"] == {"click": 7}
+
+
 def test_queue_deletes(sink: FlakySink) -> None:
     sink.upsert_users([user("u1"), user("u2")])
     queue = SyncQueue(sink)
