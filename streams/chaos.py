@@ -327,12 +327,12 @@ class ChaosRun:
             t_events = time.monotonic()
             publisher.start()
             kills = self._kill_loop(t_events)
+            if kills and self.measure_recovery:  # the last restart, as the others: now
+                kills[-1].recovery_s = self._wait_caught_up(kills[-1])
             publisher.join(self.timeout_s)
             if publisher.is_alive() or "n" not in out:
                 raise RuntimeError("publishing the events failed or did not finish")
             published += out["n"]
-            if kills and kills[-1].recovery_s is None and self.measure_recovery:
-                kills[-1].recovery_s = self._wait_caught_up(kills[-1])
             self._drain(deadline=started + self.timeout_s)
             stop.set()
             poller.join()
