@@ -36,6 +36,7 @@ import os
 import pickle
 import signal
 import threading
+import time
 import traceback
 from collections.abc import Callable, Sequence
 from multiprocessing.connection import Connection
@@ -51,6 +52,10 @@ MEMORY = ":memory:"
 _CONTEXT = "spawn"  # a fresh interpreter: forking a process with threads is unsafe
 _CHECK_S = 1.0  # how often a side waiting for the other checks that the other is alive
 _CLOSE_TIMEOUT_S = 10.0
+# a call unanswered this long means a hung child (stopped, deadlocked): it is killed and
+# the call fails like a dead child's. Local mode answers in well under a second here (an
+# upsert of 256 user points ~0.25 s), so this only trips when something is wrong.
+CALL_TIMEOUT_S = 120.0
 _UPSERT_COLUMNS = "upsert_columns"  # see `_columns`
 _TUNE = "tune_local_storage"
 _UPSERT_RECORDS = "upsert_user_records"
@@ -78,6 +83,10 @@ __all__ = ["ProcessClient", "QdrantProcessDied", "RemoteError"]
 class QdrantProcessDied(ConnectionError):
     """The child process running local mode is gone (killed, crashed); the call's outcome is
     unknown. The next call starts a new child."""
+
+
+class _Hung(Exception):
+    """The child did not answer within the call timeout."""
 
 
 class RemoteError(RuntimeError):
@@ -242,8 +251,9 @@ class ProcessClient:
     mode (`path`: a directory, or ":memory:") in a child process. Thread-safe: calls are
     serialised, as local mode needs."""
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, call_timeout: float = CALL_TIMEOUT_S) -> None:
         self.path = str(path)
+        self.call_timeout = call_timeout
         self._tune = False  # once asked, every later child is tuned too (per connection)
         self._lock = threading.Lock()
         self._conn: Connection | None = None
@@ -259,9 +269,12 @@ class ProcessClient:
         """The child's answer: its result, or its exception (as `_Remote`). EOFError or
         OSError: the child is gone."""
         assert self._conn is not None
+        deadline = time.monotonic() + self.call_timeout
         while not self._conn.poll(_CHECK_S):
             if not self._proc.is_alive():
                 raise EOFError
+            if time.monotonic() > deadline:
+                raise _Hung
         ok, value, tb = self._conn.recv()
         if ok:
             return value
@@ -286,10 +299,11 @@ class ProcessClient:
         except _Remote as remote:
             self._stop(kill=True)
             raise remote.exc from None
-        except (EOFError, OSError) as exc:
+        except (EOFError, OSError, _Hung) as exc:
             code = self._stop(kill=True)
             raise QdrantProcessDied(
-                f"the qdrant local-mode process died while opening {self.path} (exit code {code})"
+                f"the qdrant local-mode process died or hung while opening {self.path}"
+                f" (exit code {code})"
             ) from exc
 
     def _call(self, method: str, args: Sequence[Any], kwargs: dict[str, Any]) -> Any:
@@ -312,6 +326,12 @@ class ProcessClient:
                     f"the qdrant local-mode process (pid {pid}) died during {method}"
                     f" (exit code {code}); the next call starts a new one"
                 ) from exc
+            except _Hung:
+                self._stop(kill=True)
+                raise QdrantProcessDied(
+                    f"the qdrant local-mode process (pid {pid}) did not answer {method} within"
+                    f" {self.call_timeout:g} s and was killed; the next call starts a new one"
+                ) from None
             except Exception:
                 raise  # e.g. an argument that does not pickle: nothing was sent
             except BaseException:  # interrupted mid-call (Ctrl-C): the pipe is out of step

@@ -184,6 +184,26 @@ def test_a_killed_local_process_fails_calls_then_restarts(store) -> None:
         sink.count(USERS)
 
 
+def test_a_hung_local_process_is_killed_after_the_call_timeout(store) -> None:
+    from streams.qdrant_process import ProcessClient
+
+    client = ProcessClient(store, call_timeout=2.0)
+    try:
+        assert not client.collection_exists(USERS)
+        pid = client.pid
+        os.kill(pid, signal.SIGSTOP)  # alive, never answers
+        start = time.monotonic()
+        with pytest.raises(ConnectionError, match=r"did not answer collection_exists within 2 s"):
+            client.collection_exists(USERS)
+        assert 2.0 <= time.monotonic() - start < 10
+        with pytest.raises(ProcessLookupError):  # killed, not left stopped
+            os.kill(pid, 0)
+        assert not client.collection_exists(USERS)  # a new child answers
+        assert client.pid not in (None, pid)
+    finally:
+        client.close()
+
+
 def test_local_process_raises_the_childs_errors(store) -> None:
     with QdrantSink(DIM, path=store, engine="local-process") as sink:
         sink.ensure_collections()
