@@ -103,6 +103,7 @@ def install(consumer: Any, topics: Collection[str], buffer: BatchBuffer) -> None
         set_read_offset = self._read_offset.__setitem__
         acks_enabled_for = self.app.topics.acks_enabled_for
         suspended = self.suspend_flow.is_set
+        app = self.app
         put = buffer.put
         sleep = asyncio.sleep
         since_yield = 0
@@ -127,10 +128,13 @@ def install(consumer: Any, topics: Collection[str], buffer: BatchBuffer) -> None
                         self._n_acked = 0
                         await self.commit()
                     if message.topic in batched:
-                        if suspended():  # rebalancing: the next owner reads it again
-                            continue
                         if buffer.full():
                             await buffer.wait_for_space()
+                        # after any wait: a rebalance since this message was fetched seeks
+                        # back to the committed offset, so it is read again; taking it now
+                        # would move the read offset past the messages the seek re-fetches
+                        if suspended() or message.generation_id != app.consumer_generation_id:
+                            continue
                         put(message)
                     else:
                         await self.wait_first(callback(message), self.suspend_flow.wait())
