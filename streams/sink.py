@@ -749,9 +749,9 @@ class SyncQueue:
         self.deleted = 0  # users deleted
         self.failures = 0  # failed write calls
         self.last_flush_s = 0.0  # duration of the last successful write call
-        self._points: dict[str, UserPoint | RecordPoint | Callable[[], UserPoint]] = {}
+        self._points: dict[str, UserPoint | RecordPoint] = {}
         self._deletes: dict[str, None] = {}  # an ordered set
-        self.dropped = 0  # lazily built points that failed to build (a bug: logged)
+        self.dropped = 0  # points or records that failed to build (a bug: logged)
         self._in_flight: set[str] = set()  # users in the write now running
         self._failed_in_row = 0
         self._outage_since: float | None = None
@@ -779,16 +779,6 @@ class SyncQueue:
         self._points[point.user_id] = point
         self._wake.set()
 
-    def mark_later(self, user_id: str, build: Callable[[], UserPoint]) -> None:
-        """Queue a user whose point is built when it is written, from the state then.
-
-        A user changed by several micro-batches before the next write costs one point, not
-        one per batch; `build` runs on the event loop (it may read state the loop owns).
-        """
-        self._deletes.pop(user_id, None)
-        self._points[user_id] = build
-        self._wake.set()
-
     def mark_record(self, point: RecordPoint) -> None:
         """Queue a user's latest record, built into a point where it is written (the bytes
         are checked there: a bad record is logged and dropped, a bug)."""
@@ -797,10 +787,10 @@ class SyncQueue:
         self._wake.set()
 
     def _build(
-        self, taken: dict[str, UserPoint | RecordPoint | Callable[[], UserPoint]]
+        self, taken: dict[str, UserPoint | RecordPoint]
     ) -> tuple[dict[str, UserPoint | RecordPoint], list[Any], list[RecordPoint]]:
-        """Points (lazy ones built now, from the current state), their checked structs, and
-        the records to be built where they are written."""
+        """Points with their checked structs, and the records to be built where they are
+        written."""
         points: dict[str, UserPoint | RecordPoint] = {}
         structs, records = [], []
         for user_id, p in taken.items():
@@ -809,13 +799,12 @@ class SyncQueue:
                 records.append(p)
                 continue
             try:
-                point = p() if callable(p) else p
-                structs.append(self.sink.user_struct(point))
+                structs.append(self.sink.user_struct(p))
             except Exception:
                 log.exception("building the Qdrant point of user %r failed; skipped", user_id)
                 self.dropped += 1
                 continue
-            points[user_id] = point
+            points[user_id] = p
         return points, structs, records
 
     def mark_deleted(self, user_id: str) -> None:
