@@ -148,7 +148,7 @@ class WorkerApp(FixedFaustApp):
     def _new_consumer(self) -> Any:
         consumer = super()._new_consumer()
         if self.intake is not None:
-            install(consumer, INPUT_TOPICS, self.intake)
+            install(consumer, INPUT_TOPICS, self.intake, self.conf.consumer_auto_offset_reset)
         wait_ms = self.fetch_max_wait_ms
         thread = getattr(consumer, "_thread", None)
         if wait_ms is not None and thread is not None:
@@ -254,7 +254,6 @@ def create_app(settings: Settings, encoder: TextEncoder, sink: QdrantSink) -> fa
     app.topics.add(source)  # subscribed to and acknowledged by Faust as usual
     app.intake = BatchBuffer(4 * settings.batch_size)  # filled by Faust's fetch loop
     app.fetch_max_wait_ms = settings.fetch_max_wait_ms
-    app.flow_control.manage_queue(app.intake)  # cleared with Faust's queues on rebalance
     dlq = app.topic(DLQ_TOPIC, key_serializer="raw", value_serializer="raw", partitions=1)
 
     def load(user: str, context: Message) -> bytes | None:

@@ -352,7 +352,8 @@ def test_broker_restarted_mid_stream_on_s3_storage_loses_and_repeats_nothing(
 
         # a new worker, empty tables, the same Qdrant (the items' encodings live there)
         shutil.copytree(worker.data_dir / "qdrant", tmp_path / "restored" / "qdrant")
-        again = sum(end - at for end, at in behind(broker.bootstrap).values())
+        left = behind(broker.bootstrap)
+        again = sum(end - at for end, at in left.values())
         r = restored = WorkerProcess(
             broker.bootstrap, tmp_path / "restored", partitions=PARTITIONS, store="memory"
         ).start(timeout=TIMEOUT_S)
@@ -366,7 +367,9 @@ def test_broker_restarted_mid_stream_on_s3_storage_loses_and_repeats_nothing(
         try:
             poll_until("the new worker caught up", caught_up, every=1.0)
         except TimeoutError as err:
-            raise TimeoutError(f"{err}: {seen}\n{r.tail()}") from None
+            raise TimeoutError(
+                f"{err}: {seen}\nbefore it started: {left}\n{r.tail()}"
+            ) from None
         t = r.health()["totals"]
         # it reads again from the committed offsets (or earlier), and applies only what was
         # not in the changelog yet when the first worker was killed: consumed, not committed
