@@ -240,8 +240,8 @@ def install(
                 await self.sleep(0)
                 if self.should_stop:
                     continue
-                if skipped and not suspended():
-                    await seek_skipped()
+                if skipped and not suspended() and seeks.count % 2 == 0:
+                    await seek_skipped()  # (not during a seek: it may be the same one)
                 seeks_at = seeks.count
 
                 async for tp, message in self.getmany(timeout=1.0):

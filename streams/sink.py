@@ -660,21 +660,68 @@ class QdrantSink:
             self.client.close()
 
 
+class _NoCommitBlocks:
+    """A sqlite connection whose `with` blocks do not commit (nor roll back): local mode's
+    `persist` opens one per point, and the upsert around it commits once instead."""
+
+    def __init__(self, conn: Any) -> None:
+        self._conn = conn
+
+    def __enter__(self) -> _NoCommitBlocks:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._conn, name)
+
+
+def _one_commit_per_upsert(collection: Any) -> None:
+    """Local mode commits every point of an upsert on its own: ~14 % of an upsert's time
+    even without fsync. Here an upsert is one transaction: all its points, or (on an error)
+    none; the sink retries a failed upsert whole."""
+    if getattr(collection, "_upsert_in_one_transaction", False):
+        return  # tuned already
+    persistence = collection.storage
+    conn = persistence.storage
+    upsert = collection.upsert
+
+    def upsert_in_one_transaction(*args: Any, **kwargs: Any) -> Any:
+        persistence.storage = _NoCommitBlocks(conn)
+        try:
+            result = upsert(*args, **kwargs)
+        except BaseException:
+            conn.rollback()
+            raise
+        finally:
+            persistence.storage = conn
+        conn.commit()
+        return result
+
+    collection.upsert = upsert_in_one_transaction
+    collection._upsert_in_one_transaction = True
+
+
 def tune_local_storage(client: Any) -> None:
     """Local mode commits one sqlite transaction per point, with an fsync each: half of an
     upsert's time. WAL with synchronous=NORMAL commits without fsync yet survives a killed
     process (an OS crash may lose the last commits: Qdrant is a view the worker rebuilds
-    from its table on start). Reaches into qdrant-client's local storage, so anything
-    unexpected there (or another client) just leaves the defaults."""
+    from its table on start), and one commit per upsert instead of per point. Reaches into
+    qdrant-client's local storage, so anything unexpected there (or another client) just
+    leaves the defaults."""
     try:
         collections = client._client.collections
-        conns = [c.storage.storage for c in collections.values() if c.storage is not None]
+        stored = [c for c in collections.values() if c.storage is not None]
+        conns = [c.storage.storage for c in stored]
     except AttributeError:
         log.debug("qdrant-client local storage not as expected; sqlite left as it is")
         return
     for conn in conns:
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=NORMAL")
+    for collection in stored:
+        _one_commit_per_upsert(collection)
 
 
 def build_user_structs(

@@ -247,6 +247,39 @@ def _alive(pid: int) -> bool:
         return f.read().rsplit(")", 1)[1].split()[0] != "Z"
 
 
+def test_a_local_upsert_is_one_sqlite_transaction_all_or_nothing(store) -> None:
+    """`tune_local_storage`: one commit per upsert, not per point (local mode's own), and a
+    write failing half-way (here sqlite refusing the 10th row) leaves none of it."""
+    import sqlite3
+
+    sink = QdrantSink(DIM, path=store, engine="local")
+    sink.ensure_collections()
+    sink.upsert_users([user("u0", seed=1)])
+    conn = sink.client._client.collections[USERS].storage.storage
+
+    def rows() -> int:
+        return int(conn.execute("SELECT count(*) FROM points").fetchone()[0])
+
+    assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    conn.execute(
+        "CREATE TEMP TRIGGER refuse BEFORE INSERT ON main.points "
+        "WHEN (SELECT count(*) FROM main.points) >= 10 "
+        "BEGIN SELECT RAISE(ABORT, 'disk full (simulated by sqlite)'); END"
+    )
+    batch = [user(f"u{i}", seed=i) for i in range(1, 30)]
+    with pytest.raises(sqlite3.IntegrityError, match="disk full"):
+        sink.upsert_users(batch)
+    assert rows() == 1
+    conn.execute("DROP TRIGGER refuse")
+    sink.upsert_users(batch)  # retried whole, as the sink's queue does
+    assert rows() == 30
+    sink.close()
+    with QdrantSink(DIM, path=store) as again:
+        again.ensure_collections()
+        got = again.get_users([f"u{i}" for i in range(30)])
+        assert len(got) == 30 and got["u29"][1]["counts"] == {"click": 29}
+
+
 def test_edge_store_persists_across_clients(store) -> None:
     with QdrantSink(DIM, path=store, engine="edge") as s:
         s.ensure_collections()
