@@ -367,9 +367,7 @@ def test_broker_restarted_mid_stream_on_s3_storage_loses_and_repeats_nothing(
         try:
             poll_until("the new worker caught up", caught_up, every=1.0)
         except TimeoutError as err:
-            raise TimeoutError(
-                f"{err}: {seen}\nbefore it started: {left}\n{r.tail()}"
-            ) from None
+            raise TimeoutError(f"{err}: {seen}\nbefore it started: {left}\n{r.tail()}") from None
         t = r.health()["totals"]
         # it reads again from the committed offsets (or earlier), and applies only what was
         # not in the changelog yet when the first worker was killed: consumed, not committed
