@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
 import pytest
+from stand_ins import Encoded
 
 from streams import evaluate
 from streams.eval_data import (
@@ -43,14 +43,6 @@ def _topic_vec(text: str) -> np.ndarray:
     v[0] += 3.0 * ("sport" in text)
     v[1] += 3.0 * ("cook" in text)
     return (v / np.linalg.norm(v)).astype(np.float32)
-
-
-@dataclass
-class Encoded:
-    words: tuple[str, ...]
-    word_vectors: np.ndarray
-    sentence_vectors: np.ndarray
-    document_vector: np.ndarray
 
 
 class TopicEncoder:

@@ -11,11 +11,11 @@ import base64
 import hashlib
 import json
 import time
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import pytest
+from stand_ins import Encoded
 
 from streams.events import ItemEvent, parse_event
 from streams.profile import encoded_event
@@ -30,14 +30,6 @@ PARAMS = StateParams()
 def vec(text: str) -> np.ndarray:
     seed = int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "little")
     return np.random.default_rng(seed).standard_normal(DIM).astype(np.float32)
-
-
-@dataclass
-class Encoded:
-    words: tuple[str, ...]
-    word_vectors: np.ndarray
-    sentence_vectors: np.ndarray
-    document_vector: np.ndarray
 
 
 class HashEncoder:
