@@ -6,15 +6,12 @@ browser); `make test` installs it. Without it this test fails rather than skips.
 
 from __future__ import annotations
 
-import asyncio
 import shutil
-import time
-from concurrent.futures import ThreadPoolExecutor
 
 import pytest
+from live_stack import Stack
 
 from streams.embedded import EmbeddedBroker, ensure_topics
-from streams.publish import json_records, send_records
 from streams.supervisor import WorkerProcess
 
 pytestmark = pytest.mark.integration
@@ -30,30 +27,6 @@ ITEMS = {
     "ck3": ("Pasta carbonara", "Cook spaghetti with eggs, cheese and pancetta."),
     "fi1": ("Stock market today", "Shares fell as investors worried about interest rates."),
 }
-
-
-class Stack:
-    def __init__(self, broker: EmbeddedBroker, worker: WorkerProcess) -> None:
-        self.broker, self.worker = broker, worker
-        self.sent = 0
-        self.n = 0
-
-    def send(self, records: list[tuple[str, str, dict]]) -> None:
-        # a thread of its own: playwright's sync API keeps an event loop running in this one
-        with ThreadPoolExecutor(1) as pool:
-            pool.submit(
-                asyncio.run, send_records(self.broker.bootstrap, json_records(records))
-            ).result()
-        self.sent += len(records)
-        self.worker.wait_idle(consumed=self.sent)
-
-    def clicks(self, user: str, items: list[str]) -> None:
-        out = []
-        for item in items:
-            self.n += 1
-            ev = {"event_id": f"c{self.n}", "user_id": user, "item_id": item, "ts": time.time()}
-            out.append(("events.click", user, ev))
-        self.send(out)
 
 
 @pytest.fixture(scope="module")

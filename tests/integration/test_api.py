@@ -2,21 +2,19 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import re
 import shutil
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
 
 import pytest
+from live_stack import Stack
 
 from streams.embedded import EmbeddedBroker, ensure_topics
-from streams.publish import json_records, send_records
 from streams.supervisor import WorkerProcess
 
 pytestmark = pytest.mark.integration
@@ -36,34 +34,6 @@ ITEMS = {
 }
 TOPIC = {i: i[:2] for i in ITEMS}
 TOKEN = "test-token-1234"
-
-
-class Stack:
-    def __init__(self, broker: EmbeddedBroker, worker: WorkerProcess) -> None:
-        self.broker, self.worker = broker, worker
-        self.sent = 0
-        self.n = 0
-
-    def send(self, records: list[tuple[str, str, dict]]) -> None:
-        asyncio.run(send_records(self.broker.bootstrap, json_records(records)))
-        self.sent += len(records)
-        self.worker.wait_idle(consumed=self.sent)
-
-    def clicks(self, user: str, items: list[str], rating: int | None = None) -> None:
-        out = []
-        for item in items:
-            self.n += 1
-            ev = {"event_id": f"c{self.n}", "user_id": user, "item_id": item, "ts": time.time()}
-            if rating is not None:
-                ev["rating"] = rating
-            out.append(("events.click", user, ev))
-        self.send(out)
-
-    def recs(self, user: str, **params) -> dict:
-        q = "&".join(f"{k}={v}" for k, v in {"k": 10, **params}.items())
-        status, doc = self.worker.get(f"/recommendations/{user}?{q}")
-        assert status == 200, doc
-        return doc
 
 
 @pytest.fixture(scope="module")
