@@ -2,8 +2,10 @@
 
 Per text: split into sentences, tokenize every sentence (all texts of a call in one
 parallel `encode_batch`), lay the sentences end to end as one sequence between the
-special tokens, and run length-bucketed batches through ONNX Runtime. The token
-vectors of each row are then pooled with the text's own masks (encoders.pooling).
+special tokens, and run length-bucketed batches through ONNX Runtime. A second, small
+session pools each batch's token vectors where they were computed (on the GPU under
+CUDA) into word, sentence and document vectors (encoders.pooling_graph); only those and
+never the [batch, seq, dim] token vectors come back to the host. CPU takes the same path.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from encoders.models import (
     model_file,
     tokenizer_file,
 )
-from encoders.pooling import document_vector, pool
+from encoders.pooling_graph import OUTPUTS, TOKENS, pooling_feeds, pooling_model
 from encoders.runtime import (
     CPU,
     CUDA,
@@ -40,6 +42,7 @@ from encoders.runtime import (
 from encoders.text import Word, merge_subwords, split_sentences
 
 log = logging.getLogger("encoders")
+HIDDEN = "last_hidden_state"
 
 
 class EmptyTextError(ValueError):
@@ -65,6 +68,26 @@ class _Prepared:
     sentence_words: list[list[int]]  # per sentence: indices into `words` to pool
     sentences: list[str]
     truncated: bool
+
+
+@dataclass(frozen=True)
+class _Slots:
+    """The words a text sends through the pooling graph: its sentences' and content words."""
+
+    pieces: list[tuple[int, ...]]  # per pooled word, in text order: its token positions
+    sentences: list[list[int]]  # per sentence: indexes into `pieces`
+    content: list[int]  # the content words' indexes into `pieces`
+
+    @classmethod
+    def of(cls, p: _Prepared) -> _Slots:
+        content = [j for j, w in enumerate(p.words) if w.content]
+        pooled = sorted({j for g in p.sentence_words for j in g}.union(content))
+        slot = {j: k for k, j in enumerate(pooled)}
+        return cls(
+            pieces=[p.words[j].pieces for j in pooled],
+            sentences=[[slot[j] for j in g] for g in p.sentence_words],
+            content=[slot[j] for j in content],
+        )
 
 
 class Encoder:
@@ -96,6 +119,16 @@ class Encoder:
         self.session = self._open(plan, model_root, threads, auto_export, device)
         self.provider = self.session.get_providers()[0]
         self.precision = self._plan.precision
+        # outputs are allocated where the model runs; only what encode() copies comes back
+        self._device = "cuda" if self.provider == CUDA else "cpu"
+        token_type = next(o.type for o in self.session.get_outputs() if o.name == HIDDEN)
+        self.pooling = create_session(
+            pooling_model(token_type),
+            self._plan,
+            threads,
+            exact_fp32=True,
+            spinning=False,
+        )
         tok_path = tokenizer_file(model, model_root)
         self.tokenizer = Tokenizer.from_file(str(tok_path))
         self.tokenizer.no_truncation()
@@ -172,12 +205,12 @@ class Encoder:
                     continue
                 toks, tids = enc.tokens[:room], enc.ids[:room]
                 truncated |= len(enc.ids) > room
-                if not tids:
-                    continue
                 sw = [
                     replace(w, content=False) if w.text == self.spec.unk_token else w
                     for w in merge_subwords(toks, self.spec.subword_style, offset=len(ids))
                 ]
+                if not sw:  # no tokens, or truncation left only a bare "▁" (no word)
+                    continue
                 first = len(words)
                 words.extend(sw)
                 content = [first + j for j, w in enumerate(sw) if w.content]
@@ -192,20 +225,25 @@ class Encoder:
 
     # ------------------------------------------------------------------ inference
 
+    def _run(self, session: Any, feeds: dict[str, Any], outputs: Sequence[str]) -> Any:
+        """Run through IO binding: numpy inputs are copied to the device once, OrtValue
+        inputs (the token vectors) are used where they are, outputs stay on the device
+        until the caller copies them. Returns the binding."""
+        binding = session.io_binding()
+        for name, value in feeds.items():
+            if isinstance(value, np.ndarray):
+                binding.bind_cpu_input(name, value)
+            else:
+                binding.bind_ortvalue_input(name, value)
+        for name in outputs:
+            binding.bind_output(name, self._device)
+        session.run_with_iobinding(binding)
+        return binding
+
     def token_vectors(self, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
         """One forward pass: [batch, seq] ids and mask -> [batch, seq, dim] float32."""
-        if self.provider == CUDA:
-            # IO binding: ORT copies the inputs to the device once and allocates the
-            # output there, instead of staging both through its own host buffers
-            binding = self.session.io_binding()
-            binding.bind_cpu_input("input_ids", ids)
-            binding.bind_cpu_input("attention_mask", mask)
-            binding.bind_output("last_hidden_state", "cuda")
-            self.session.run_with_iobinding(binding)
-            out = binding.copy_outputs_to_cpu()[0]
-        else:
-            out = self.session.run(None, {"input_ids": ids, "attention_mask": mask})[0]
-        return out.astype(np.float32, copy=False)
+        binding = self._run(self.session, {"input_ids": ids, "attention_mask": mask}, [HIDDEN])
+        return binding.copy_outputs_to_cpu()[0].astype(np.float32, copy=False)
 
     def encode(self, texts: Sequence[str], kind: TextKind = "passage") -> list[EncodedText]:
         """Encode texts (order kept). kind picks the e5 prefix: "query" for what users
@@ -224,21 +262,27 @@ class Encoder:
                 n = len(prepared[i].ids)
                 ids[row, :n] = prepared[i].ids
                 mask[row, :n] = 1
-            hidden = self.token_vectors(ids, mask)
+            slots = [_Slots.of(prepared[i]) for i in batch]
+            feeds = pooling_feeds([s.pieces for s in slots], [s.sentences for s in slots], width)
+            encoded = self._run(self.session, {"input_ids": ids, "attention_mask": mask}, [HIDDEN])
+            feeds[TOKENS] = encoded.get_outputs()[0]  # an OrtValue, left on the device
+            pooled = self._run(self.pooling, feeds, OUTPUTS).copy_outputs_to_cpu()
             for row, i in enumerate(batch):
-                results[i] = self._pool(prepared[i], hidden[row])
+                words, sents, doc = (out[row] for out in pooled)
+                results[i] = _result(prepared[i], slots[row], words, sents, doc)
         log.debug("encoded %d texts in %.3fs", len(texts), time.perf_counter() - t0)
         return [r for r in results if r is not None]
 
-    def _pool(self, p: _Prepared, hidden: np.ndarray) -> EncodedText:
-        word_vecs = pool(hidden, [w.pieces for w in p.words], "mean")
-        sent_vecs = pool(word_vecs, p.sentence_words, "sqrt")
-        content = [j for j, w in enumerate(p.words) if w.content]
-        return EncodedText(
-            words=tuple(p.words[j].text for j in content),
-            word_vectors=word_vecs[content],
-            sentences=tuple(p.sentences),
-            sentence_vectors=sent_vecs,
-            document_vector=document_vector(sent_vecs),
-            truncated=p.truncated,
-        )
+
+def _result(
+    p: _Prepared, slots: _Slots, words: np.ndarray, sents: np.ndarray, doc: np.ndarray
+) -> EncodedText:
+    """One text's vectors out of its batch row; copies, so no text pins the batch arrays."""
+    return EncodedText(
+        words=tuple(w.text for w in p.words if w.content),
+        word_vectors=words[np.asarray(slots.content, dtype=np.intp)],
+        sentences=tuple(p.sentences),
+        sentence_vectors=sents[: len(p.sentences)].copy(),
+        document_vector=doc.copy(),
+        truncated=p.truncated,
+    )

@@ -66,19 +66,34 @@ def plan_session(
     return SessionPlan(provider, precision or DEFAULT_PRECISION[provider])
 
 
-def create_session(path: Path, plan: SessionPlan, threads: int = 0) -> Any:
-    """An InferenceSession on the planned provider. threads=0 lets ORT use all cores."""
+def create_session(
+    model: Path | bytes,
+    plan: SessionPlan,
+    threads: int = 0,
+    *,
+    exact_fp32: bool = False,
+    spinning: bool = True,
+) -> Any:
+    """An InferenceSession on the planned provider, from a file or serialized bytes.
+
+    threads=0 lets ORT use all cores. exact_fp32 turns CUDA's TF32 matmuls off (ORT turns
+    them on by default on Ampere and later): the pooling sums must be float32 as on CPU.
+    spinning=False parks idle CPU threads at once: a session that runs briefly between two
+    runs of another must not keep its threads busy-waiting on the cores the other needs.
+    """
     ort = import_onnxruntime()
-    if not path.exists():
+    if not isinstance(model, bytes) and not Path(model).exists():
         raise EncoderRuntimeError(
-            f"model file {path} is missing: run `interest-stream export-model "
-            f"--model {path.parent.name} --precision {plan.precision}`"
+            f"model file {model} is missing: run `interest-stream export-model "
+            f"--model {Path(model).parent.name} --precision {plan.precision}`"
         )
     opts = ort.SessionOptions()
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
     opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    if not spinning:
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     providers: list[Any] = [CPU]
     if plan.provider == CUDA:
         cuda_opts = {
@@ -86,8 +101,14 @@ def create_session(path: Path, plan: SessionPlan, threads: int = 0) -> Any:
             "arena_extend_strategy": "kSameAsRequested",
             "do_copy_in_default_stream": "1",
         }
+        if exact_fp32:
+            cuda_opts["use_tf32"] = "0"
         providers = [(CUDA, cuda_opts), CPU]
-    session = ort.InferenceSession(str(path), sess_options=opts, providers=providers)
+        if hasattr(ort, "preload_dlls"):  # onnxruntime-gpu >= 1.21
+            # CUDA and cuDNN from the nvidia-* pip wheels, without LD_LIBRARY_PATH
+            ort.preload_dlls()
+    source = model if isinstance(model, bytes) else str(model)
+    session = ort.InferenceSession(source, sess_options=opts, providers=providers)
     got = session.get_providers()[0]
     if got != plan.provider:
         raise EncoderRuntimeError(f"{plan.provider} failed to initialise (session runs on {got})")

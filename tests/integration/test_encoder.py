@@ -116,6 +116,17 @@ def test_long_text_is_truncated_not_failed(e5: Encoder) -> None:
     assert r.truncated and len(r.sentences) < 400 and np.isfinite(r.document_vector).all()
 
 
+def test_truncation_right_after_a_bare_marker_drops_that_sentence(e5: Encoder) -> None:
+    """A Chinese sentence starts with a bare "▁" piece, which is no word: cut right after
+    it, the sentence has nothing to pool and is dropped (it used to fail the whole call)."""
+    texts = ["好" * pad + "。" + "电影很好看。" * 120 for pad in range(6)]
+    cut = [len(p.ids) < e5.max_length for p in e5._prepare(texts, "passage")]
+    assert any(cut)  # at least one offset hits the bare marker
+    for r in e5.encode(texts):
+        assert r.truncated and np.isfinite(r.document_vector).all()
+        assert len(r.sentence_vectors) == len(r.sentences)
+
+
 def test_provider_falls_back_to_cpu(e5_exported: str) -> None:
     enc = Encoder(e5_exported, device="auto")
     if "CUDAExecutionProvider" in import_onnxruntime().get_available_providers():
