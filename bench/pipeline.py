@@ -28,6 +28,7 @@ Phases (the click-only backlog only, for the binary variant and the ceilings):
            first batch excluded) until all consumed ("consumed") and until nothing is
            pending for Qdrant either ("visible")
   text     the same with 30 % text events (20 % searches, 10 % comments) + 70 % clicks
+           (--text-share: another share, 2/3 searches and 1/3 comments)
   fresh    click-only events paced at --rate (default 1,000/s) for --warm + --seconds;
            freshness p50/p99 is /healthz `freshness` once all is visible (or --seconds
            after publishing ended, for a worker that cannot keep up): Kafka message
@@ -659,7 +660,14 @@ def main() -> int:
     ap.add_argument("--user-zipf", type=float, default=0.8)
     ap.add_argument("--item-zipf", type=float, default=1.0)
     ap.add_argument("--clicks", type=int, default=None, help="click backlog (ours)")
-    ap.add_argument("--texts", type=int, default=None, help="30 %% text backlog (ours)")
+    ap.add_argument("--texts", type=int, default=None, help="text-mix backlog (ours)")
+    ap.add_argument(
+        "--text-share",
+        type=float,
+        default=0.3,
+        help="share of text events in the text mix (2/3 searches, 1/3 comments); 1.0 with "
+        "--worker-env INTEREST_DEVICE=cuda is issue 10's GPU pipeline run",
+    )
     ap.add_argument(
         "--baseline-fraction",
         type=float,
@@ -702,7 +710,9 @@ def main() -> int:
 
     wl = Workload(args.seed, args.users, args.user_zipf, args.item_zipf, args.items)
     clicks = wl.events(args.clicks, "c")
-    texts = wl.events(args.texts, "t", text_share=0.3)
+    if not 0.0 < args.text_share <= 1.0:
+        ap.error("--text-share must be in (0, 1]")
+    texts = wl.events(args.texts, "t", text_share=args.text_share)
     n_warm = int(args.warm * args.rate)
     paced = wl.events(n_warm + int(args.seconds * args.rate), "f")
     profile_n = args.profile_events or (6_000 if q else 20_000)
@@ -843,7 +853,7 @@ def report(
                 continue
             x = r[mix]
             ratio = f"{ours['visible_per_s'] / x['visible_per_s']:.2f}x" if ours else "-"
-            label = "click only" if mix == "click" else "30 % text"
+            label = "click only" if mix == "click" else f"{args.text_share:.0%} text"
             batch = x["events"] / max(x["batches"] or 1, 1)
             print(
                 f"| {name} | {label} | {x['events']:,} | {x['consumed_per_s']:,.0f} | "
