@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -124,7 +123,9 @@ def child(args: argparse.Namespace) -> None:
     else:
         total, share = run_ort(args.model, args.system.split("_")[1], texts, args.repeat)
         result["seconds"], result["model_share"] = total, share
-    result["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    from encode_gpu import peak_rss_mib  # VmHWM: ru_maxrss would include the parent's
+
+    result["peak_rss_mib"] = peak_rss_mib()
     print(json.dumps(result))
 
 
