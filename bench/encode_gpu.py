@@ -338,16 +338,11 @@ class OrtSystem:
         self.ort = ort = import_onnxruntime()
         self.model, self.device, self.threads = model, device, threads
         self._encoder: Any = None
-        if device == "cuda" and hasattr(ort, "preload_dlls"):
-            ort.preload_dlls()  # CUDA/cuDNN from the nvidia-* wheels (onnxruntime >= 1.21)
         self.precision = "fp16" if device == "cuda" else "fp32"
         self.plan = SessionPlan(CUDA if device == "cuda" else CPU, self.precision)  # type: ignore[arg-type]
         self.session = create_session(model_file(model, self.precision), self.plan, threads)
         hidden = next(o for o in self.session.get_outputs() if o.name == "last_hidden_state")
-        with tempfile.TemporaryDirectory() as tmp:
-            path = Path(tmp) / "mean_pool.onnx"
-            path.write_bytes(mean_pool_model(hidden.type))
-            self.pool = create_session(path, self.plan, threads)
+        self.pool = create_session(mean_pool_model(hidden.type), self.plan, threads)
         self.info: dict[str, Any] = {
             "system": f"onnxruntime {ort.__version__} {self.precision}, IO binding",
             "model_file": model_file(model, self.precision).name,
