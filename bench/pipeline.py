@@ -229,15 +229,38 @@ def cpu_seconds(pid: int | None) -> float:
         return 0.0
 
 
+def child_pids(pid: int | None) -> list[int]:
+    """The direct children of a process (e.g. the worker's Qdrant local-mode process)."""
+    if pid is None:
+        return []
+    out: list[int] = []
+    for task in Path(f"/proc/{pid}/task").glob("*/children"):
+        try:
+            out += [int(c) for c in task.read_text().split()]
+        except (OSError, ValueError):
+            continue
+    return out
+
+
 class CpuMeter:
+    """CPU use of named processes and, under "<name> children", their direct children (the
+    worker's Qdrant process; children found at the start)."""
+
     def __init__(self, pids: dict[str, int | None]) -> None:
         self.pids = pids
-        self.start = {k: cpu_seconds(p) for k, p in pids.items()}
+        self.kids = {f"{k} children": child_pids(p) for k, p in pids.items() if k != "bench"}
+        self.kids = {k: v for k, v in self.kids.items() if v}
+        self.start = {k: self._seconds(k) for k in [*pids, *self.kids]}
         self.t = time.monotonic()
+
+    def _seconds(self, key: str) -> float:
+        if key in self.pids:
+            return cpu_seconds(self.pids[key])
+        return sum(cpu_seconds(c) for c in self.kids[key])
 
     def cores(self) -> dict[str, float]:
         dt = max(time.monotonic() - self.t, 1e-9)
-        return {k: round((cpu_seconds(p) - self.start[k]) / dt, 3) for k, p in self.pids.items()}
+        return {k: round((self._seconds(k) - s) / dt, 3) for k, s in self.start.items()}
 
 
 def health(proc: WorkerProcess) -> dict[str, Any]:
@@ -570,7 +593,7 @@ RULES: list[tuple[str, tuple[str, ...]]] = [
     ("Qdrant local: sqlite persist (pickle + sqlite)", ("qdrant_client/local/persistence.py",)),
     ("Qdrant local: validate, numpy update, JSON", ("qdrant_client/",)),
     ("Qdrant: our point structs (lists, uuid, checks)", ("_user_struct (", "upsert_users (")),
-    ("SyncQueue.mark checks (_user_parts)", ("mark (streams/sink.py",)),
+    ("SyncQueue.mark checks (_user_parts)", ("mark (streams/sync_queue.py",)),
     (
         "user point: vectors, fused, top terms",
         ("user_point (streams/user_points.py", "vectors (bench/baseline_faust.py"),

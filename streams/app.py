@@ -45,8 +45,9 @@ from streams.metrics import Metrics
 from streams.popularity import Popularity
 from streams.ranking_metrics import Calibration
 from streams.record import UserRecord
-from streams.sink import QdrantSink, RecordPoint, SyncQueue, UserPoint
+from streams.sink import QdrantSink, RecordPoint, UserPoint
 from streams.status_page import register_status_page
+from streams.sync_queue import SyncQueue
 from streams.worker import BatchResult, Message, Processor, TextEncoder
 
 log = logging.getLogger("streams.app")
@@ -207,6 +208,10 @@ def create_app(settings: Settings, encoder: TextEncoder, sink: QdrantSink) -> fa
         broker_session_timeout=6,
         broker_heartbeat_interval=1,
         broker_commit_interval=settings.commit_interval_s,
+        # offsets are committed by the timer above only: Faust's count-based commit runs in
+        # the fetch loop and waits there for the changelog to be sent (streams/faust_fixes.py),
+        # which stopped fetching for ~1.5 s every 10,000 messages under a backlog
+        broker_commit_every=2**31 - 1,
         stream_wait_empty=False,
         # Faust's own /table/{name}/{key}/ serves raw table values (every user's record) and
         # /router/ the cluster's URLs, with no token and no input checks; nothing uses them

@@ -299,8 +299,14 @@ def _row_norm_list(x: np.ndarray) -> list[float]:
     """`_row_norms(x).tolist()`, cheaper for a state's 4 rows: the same squares, then the
     usual case is checked and rooted in Python (math.sqrt rounds exactly as np.sqrt)."""
     squares = np.einsum("ij,ij->i", x, x).tolist()
-    # (a NaN may slip past min and max, never past the sum)
-    if squares and min(squares) > 1e-280 and max(squares) < math.inf and sum(squares) < math.inf:
+    # (a NaN may slip past max, never past the sum). A zero square is an absent channel,
+    # the common case (few users have negative feedback), unless its row is tiny instead
+    if (
+        squares
+        and max(squares) < math.inf
+        and sum(squares) < math.inf
+        and all(s > 1e-280 or (s == 0.0 and not x[g].any()) for g, s in enumerate(squares))
+    ):
         return [math.sqrt(s) for s in squares]
     return _row_norms(x).tolist()
 
@@ -668,8 +674,16 @@ class InterestState:
 
     def named_vectors(self) -> dict[str, np.ndarray | None]:
         """Every channel's unit vector by name plus "fused" (None: absent), normalising the
-        channels once: what a Qdrant point, the API and the profile output all need."""
-        unit, present = self.vectors(), self.present()
+        channels once: what a Qdrant point, the API and the profile output all need.
+
+        Runs once per Qdrant point written, so the norms are taken once and serve as
+        `present` too (a row's careful norm is positive exactly when it has a non-zero
+        entry): ~3x cheaper than `vectors()` plus `present()`.
+        """
+        S = self._S
+        norms = np.array(_row_norm_list(S))
+        present = norms > 0
+        unit = S / np.where(present, norms, 1.0)[:, None]
         out = {c: unit[g] if present[g] else None for g, c in enumerate(CHANNELS)}
         out["fused"] = fuse(unit[:3], present[:3], self.params.alphas)
         return out
@@ -679,12 +693,12 @@ class InterestState:
         if t is None:
             t = self.last_ts if self.last_ts is not None else self._t_ref
         g = math.exp(-float(self.params.decay_rates[WORD]) * (float(t) - self._t_ref))
-        ranked = sorted(self._terms.items(), key=lambda kv: (-kv[1], kv[0]))[:k]
-        return [(term, float(weight) * g) for term, weight in ranked]
+        terms = self._terms
+        return [(term, float(terms[term]) * g) for term in _ranked(terms)[:k]]
 
     def seen_items(self) -> list[str]:
-        """Recently seen item ids, newest first."""
-        return [k for k, _ in sorted(self._items.items(), key=lambda kv: (-kv[1], kv[0]))]
+        """Recently seen item ids, newest first (ties: by id)."""
+        return _ranked(self._items)
 
     # -- bytes ---------------------------------------------------------------------------
 

@@ -14,7 +14,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -32,12 +32,12 @@ from streams.sink import (
     ItemPoint,
     QdrantSink,
     RecordPoint,
-    SyncQueue,
     UserPoint,
     text_vectors_from_payload,
     text_vectors_to_payload,
 )
 from streams.state import EncodedEvent, StateParams, summarize
+from streams.sync_queue import SyncQueue
 from streams.user_points import user_point
 
 pytestmark = pytest.mark.integration
@@ -399,6 +399,59 @@ def test_queue_writes_at_most_max_points_a_call_longest_waiting_first(sink: Flak
     assert sink.get_users(["u0"])["u0"][1]["counts"] == {"click": 7}
 
 
+async def until(condition: Callable[[], bool], timeout: float = 5.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not condition():
+        assert asyncio.get_running_loop().time() < deadline, "condition not met in time"
+        await asyncio.sleep(0.001)
+
+
+def test_queue_keeps_several_writes_queued_for_the_writer_thread(sink: FlakySink) -> None:
+    """While a write runs, the next ones are already handed to the writer thread (so it
+    never waits for the event loop between writes), and they land in the order taken."""
+    sink.gate = threading.Event()
+    queue = SyncQueue(sink, max_points=2, max_writes=3)
+
+    async def scenario() -> None:
+        stop = asyncio.Event()
+        task = asyncio.create_task(queue.run(stop))
+        for n in range(10):
+            queue.mark(user(f"u{n}", seed=n))
+        await until(lambda: queue.in_flight == 3)  # the first blocks, two wait behind it
+        await asyncio.sleep(0.02)
+        assert queue.in_flight == 3 and queue.pending == 10  # never more than max_writes
+        sink.gate.set()
+        assert await queue.flush(5)
+        stop.set()
+        await task
+
+    asyncio.run(scenario())
+    assert sink.batches == [["u0", "u1"], ["u2", "u3"], ["u4", "u5"], ["u6", "u7"], ["u8", "u9"]]
+    assert (queue.upserted, queue.in_flight, queue.pending) == (10, 0, 0)
+
+
+def test_a_failed_write_does_not_requeue_a_user_a_later_write_carries(sink: FlakySink) -> None:
+    sink.down, sink.gate = 1, threading.Event()
+    queue = SyncQueue(sink, max_writes=2, **FAST)
+
+    async def scenario() -> None:
+        stop = asyncio.Event()
+        task = asyncio.create_task(queue.run(stop))
+        queue.mark(user("u1", seed=1))
+        await until(lambda: queue.in_flight == 1)
+        queue.mark(user("u1", seed=2))  # taken by a second write, behind the first
+        await until(lambda: queue.in_flight == 2)
+        sink.gate.set()  # the first write fails, the second lands
+        assert await queue.flush(5)
+        stop.set()
+        await task
+
+    asyncio.run(scenario())
+    assert queue.failures == 1
+    assert sink.batches == [["u1"]]  # the older state was not put back and written later
+    assert sink.get_users(["u1"])["u1"][1]["counts"] == {"click": 2}
+
+
 def test_queue_deletes(sink: FlakySink) -> None:
     sink.upsert_users([user("u1"), user("u2")])
     queue = SyncQueue(sink)
@@ -408,7 +461,7 @@ def test_queue_deletes(sink: FlakySink) -> None:
 
 
 def test_outage_loses_nothing_and_warns_once(sink: FlakySink, caplog) -> None:
-    caplog.set_level(logging.DEBUG, logger="streams.sink")
+    caplog.set_level(logging.DEBUG, logger="streams.sync_queue")
     sink.down = 4
     queue = SyncQueue(sink, **FAST)
 

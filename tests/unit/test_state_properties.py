@@ -18,7 +18,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import streams.state as state_module
+from streams.fusion import fuse
 from streams.state import (
+    CHANNELS,
     DAY,
     DEFAULT_PARAMS,
     KINDS,
@@ -484,3 +486,37 @@ def test_ten_years_of_events_reanchor_without_overflow_and_match_the_oracle(raws
         # A channel whose newest contribution is ~9 years older than the anchor underflows
         # to zero (its weight is below 1e-300 of a fresh one); those are not compared.
         assert_same(snapshot(state, t), oracle(raws, t, p), vec_atol=1e-8, rtol=1e-8, tiny=1e-250)
+
+
+@FAST
+@given(raws=raw_events(n_max=30) | raw_events(n_max=12, t_max=10 * YEAR))
+def test_named_vectors_are_the_unit_channels_and_their_fusion(raws):
+    """`named_vectors` (norms taken once, for the Qdrant points) gives bit for bit what
+    `vectors`, `present` and `fuse` give, tiny decayed channels included."""
+    state = build(with_offsets(raws))
+    named = state.named_vectors()
+    unit, present = state.vectors(), state.present()
+    for g, channel in enumerate(CHANNELS):
+        assert (named[channel] is None) == (not present[g]), channel
+        if present[g]:
+            np.testing.assert_array_equal(named[channel], unit[g], err_msg=channel)
+    fused = fuse(unit[:3], present[:3], state.params.alphas)
+    assert (named["fused"] is None) == (fused is None)
+    if fused is not None:
+        np.testing.assert_array_equal(named["fused"], fused)
+
+
+SCALES = [0.0, 1e-320, 1e-300, 1e-160, 1e-10, 1.0, 1e150, 1e200, math.inf, math.nan]
+
+
+@FAST
+@given(scales=st.lists(st.sampled_from(SCALES), min_size=1, max_size=4), seed=st.integers(0, 99))
+def test_row_norm_list_is_the_careful_row_norms(scales, seed):
+    """The cheap norms of `to_bytes` and `named_vectors` equal `_row_norms` bit for bit:
+    zero rows (absent channels), rows whose squares underflow or overflow, inf and NaN."""
+    rows = np.random.default_rng(seed).standard_normal((len(scales), DIM))
+    x = rows * np.array(scales)[:, None]
+    x[np.array(scales) == 0.0] = 0.0  # 0 * inf or nan aside: a zero row is all zeros
+    with np.errstate(invalid="ignore", over="ignore"):  # inf / inf in the careful path
+        got, want = state_module._row_norm_list(x), state_module._row_norms(x).tolist()
+    np.testing.assert_array_equal(np.array(got), np.array(want))
