@@ -177,6 +177,9 @@ def _serve(conn: Connection, path: str, parent_pid: int, tune: bool) -> None:
         client = _open(path)
         if tune:
             _handler(client, _TUNE)()
+        from streams.gc_tuning import tune_gc
+
+        tune_gc()  # a write of 256 points allocates ~10^5 objects (streams/gc_tuning.py)
     except BaseException as exc:
         conn.send(_portable(exc))
         return

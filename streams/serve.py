@@ -18,6 +18,7 @@ import sys
 
 from streams.config import Settings
 from streams.embedded import BrokerError, EmbeddedBroker, ensure_topics
+from streams.gc_tuning import tune_gc
 from streams.supervisor import LagExporterProcess
 
 log = logging.getLogger("streams.serve")
@@ -118,6 +119,7 @@ def _run_worker(settings: Settings, encoder: object, sink: object) -> int:
     from streams.app import create_app
 
     app = create_app(settings, encoder, sink)  # type: ignore[arg-type]
+    tune_gc()  # started up: what is alive now stays (streams/gc_tuning.py)
     print(f"worker web server on {settings.web_url}", flush=True)
     worker = faust.Worker(app, loglevel=settings.log_level, quiet=True)
     try:
