@@ -36,6 +36,7 @@ from faust.streams import _current_event
 
 from streams.api import ApiError, ReadSide, user_id_of
 from streams.batch_intake import BatchBuffer, install
+from streams.batch_sizer import BatchSizer, message_cost
 from streams.config import Settings
 from streams.embedded import DLQ_TOPIC, INPUT_TOPICS
 from streams.faust_fixes import App as FixedFaustApp
@@ -257,7 +258,11 @@ def create_app(settings: Settings, encoder: TextEncoder, sink: QdrantSink) -> fa
     )
     source = app.topic(*INPUT_TOPICS, key_serializer="raw", value_serializer="raw")
     app.topics.add(source)  # subscribed to and acknowledged by Faust as usual
-    app.intake = BatchBuffer(4 * settings.batch_size)  # filled by Faust's fetch loop
+    # filled by Faust's fetch loop; batches are cut by cost (a text counts as many clicks)
+    app.intake = BatchBuffer(4 * settings.batch_size, cost=message_cost)
+    sizer = BatchSizer(
+        settings.batch_size, settings.batch_target_s, min_n=min(100, settings.batch_size)
+    )
     app.fetch_max_wait_ms = settings.fetch_max_wait_ms
     dlq = app.topic(DLQ_TOPIC, key_serializer="raw", value_serializer="raw", partitions=1)
 
@@ -330,7 +335,7 @@ def create_app(settings: Settings, encoder: TextEncoder, sink: QdrantSink) -> fa
     async def consume() -> None:
         intake = app.intake
         while True:
-            batch = await intake.take(settings.batch_size, settings.batch_within_s)
+            batch = await intake.take(sizer.size, settings.batch_within_s)
             if rt.closing:
                 continue  # not acknowledged: the next run reads them again
             async with rt.lock:
@@ -348,9 +353,9 @@ def create_app(settings: Settings, encoder: TextEncoder, sink: QdrantSink) -> fa
                 await commit(res)
                 acknowledge(batch)
                 rt.batches += 1
-                metrics.observe_batch(
-                    [m.topic for m in messages], res, time.perf_counter() - started
-                )
+                took = time.perf_counter() - started
+                sizer.observe(sum(map(message_cost, messages)), took)
+                metrics.observe_batch([m.topic for m in messages], res, took)
                 for m in messages:
                     rt.position[(m.topic, m.partition)] = (m.offset + 1, m.timestamp)
 

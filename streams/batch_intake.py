@@ -39,7 +39,7 @@ import asyncio
 import logging
 import types
 from collections import deque
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from contextlib import suppress
 from typing import Any
 
@@ -47,15 +47,20 @@ log = logging.getLogger("streams.batch_intake")
 
 
 class BatchBuffer:
-    """Raw messages in arrival order, taken in batches; `maxsize` bounds what the fetch
-    loop may read ahead (beyond it, the fetch loop waits)."""
+    """Raw messages in arrival order, taken in batches of at most a given total cost (each
+    message costs `cost(message)` >= 1; default 1: batches of at most n messages);
+    `maxsize` bounds how many messages the fetch loop may read ahead (beyond it, the fetch
+    loop waits)."""
 
-    def __init__(self, maxsize: int) -> None:
+    def __init__(self, maxsize: int, cost: Callable[[Any], int] | None = None) -> None:
         if maxsize < 1:
             raise ValueError("maxsize must be >= 1")
         self.maxsize = maxsize
+        self._cost = cost
         self._items: deque[Any] = deque()
-        self._want = 1  # how many messages `take` is waiting for
+        self._costs: deque[int] = deque()
+        self._total = 0  # cost of what is buffered
+        self._want = 1  # the total `take` is waiting for
         self._enough = asyncio.Event()
         self._space = asyncio.Event()
         self._space.set()
@@ -67,12 +72,13 @@ class BatchBuffer:
         return len(self._items) >= self.maxsize
 
     def put(self, message: Any) -> None:
-        items = self._items
-        items.append(message)
-        n = len(items)
-        if n >= self._want:
+        cost = 1 if self._cost is None else max(1, self._cost(message))
+        self._items.append(message)
+        self._costs.append(cost)
+        self._total += cost
+        if self._total >= self._want:
             self._enough.set()
-        if n >= self.maxsize:
+        if len(self._items) >= self.maxsize:
             self._space.clear()
 
     async def wait_for_space(self) -> None:
@@ -83,22 +89,30 @@ class BatchBuffer:
         if self._items:
             log.info("dropped %d buffered messages (not acknowledged, read again)", len(self))
         self._items.clear()
+        self._costs.clear()
+        self._total = 0
         self._space.set()
 
-    async def take(self, max_n: int, within: float) -> list[Any]:
-        """Up to `max_n` messages: waits for the first, then at most `within` seconds for
-        the batch to fill."""
+    async def take(self, max_cost: int, within: float) -> list[Any]:
+        """Messages in arrival order of a total cost of at most `max_cost` (at least one):
+        waits for the first, then at most `within` seconds for the batch to fill."""
         if not self._items:
             self._want = 1
             self._enough.clear()
             await self._enough.wait()
-        if len(self._items) < max_n:
-            self._want = max_n
+        if self._total < max_cost:
+            self._want = max_cost
             self._enough.clear()
             with suppress(TimeoutError):
                 await asyncio.wait_for(self._enough.wait(), within)
-        items = self._items
-        batch = [items.popleft() for _ in range(min(max_n, len(items)))]
+        items, costs = self._items, self._costs
+        if not items:  # cleared by a seek meanwhile
+            return []
+        batch, total = [items.popleft()], costs.popleft()
+        while items and total + costs[0] <= max_cost:
+            total += costs.popleft()
+            batch.append(items.popleft())
+        self._total -= total
         if len(items) < self.maxsize:
             self._space.set()
         return batch

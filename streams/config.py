@@ -44,7 +44,11 @@ class Settings(BaseSettings):
     api_token: str | None = None  # required by mutating endpoints; None: they are disabled
     model: str = DEFAULT_MODEL
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    batch_size: int = Field(default=2000, ge=1)  # max events per micro-batch
+    # max cost of a micro-batch (a click costs 1, a text 25); under that, a batch holds what
+    # the last batches processed in batch_target_s (streams/batch_sizer.py): up to 10,000
+    # clicks, a few hundred texts
+    batch_size: int = Field(default=10_000, ge=1)
+    batch_target_s: float = Field(default=2.0, gt=0)
     batch_within_s: float = Field(default=0.05, gt=0)  # max wait to fill a micro-batch
     # how long a fetch may wait at the broker for data. Faust sets 1.5 s, and Tansu holds a
     # fetch that long even while messages arrive: ~1 s of freshness at 1,000 events/s

@@ -54,7 +54,7 @@ class Metrics:
         self.batch_size = Histogram(
             "interest_batch_size_events",
             "Messages per micro-batch",
-            buckets=(1, 10, 50, 100, 250, 500, 1000, 2000, 5000),
+            buckets=(1, 10, 50, 100, 250, 500, 1000, 2000, 5000, 10_000),
             registry=r,
         )
         self.batch_seconds = Histogram(

@@ -316,9 +316,9 @@ def test_broker_restarted_mid_stream_on_s3_storage_loses_and_repeats_nothing(
     worker = restored = None
     try:
         ensure_topics(broker.bootstrap, PARTITIONS)
-        # small batches: the whole backlog takes a worker ~1 s in its default 2,000-event
-        # batches, so the outage could miss it
-        worker = start_worker(broker, tmp_path / "data", files, env={"INTEREST_BATCH_SIZE": "50"})
+        # small batches (~50 events: a cap of 400, a text counting as 25 clicks): the whole
+        # backlog takes a worker ~1 s in its default batches, so the outage could miss it
+        worker = start_worker(broker, tmp_path / "data", files, env={"INTEREST_BATCH_SIZE": "400"})
         w = worker
         n_first = replay(first, broker.bootstrap)
         poll_until("events consumed", lambda: consumed(w) > files.n_items, every=0.02)

@@ -104,3 +104,36 @@ def test_clear_drops_the_buffered_messages_and_frees_space():
 def test_maxsize_must_be_positive():
     with pytest.raises(ValueError):
         BatchBuffer(0)
+
+
+def test_batches_are_cut_by_total_cost_and_a_costly_message_still_goes_alone():
+    async def go():
+        buf = BatchBuffer(100, cost=lambda m: 10 if m.startswith("text") else 1)
+        for m in ["c1", "c2", "text1", "c3", "text2", "text3"]:
+            buf.put(m)
+        return [await buf.take(n, within=0.01) for n in (12, 5, 5)], len(buf)
+
+    batches, left = run(go())
+    # c3 + text2 would cost 11 > 5; text2 alone costs 10 > 5 and is taken all the same
+    assert batches == [["c1", "c2", "text1"], ["c3"], ["text2"]]
+    assert left == 1
+
+
+def test_a_take_waits_until_the_cost_not_the_count_is_reached():
+    async def go():
+        buf = BatchBuffer(100, cost=lambda m: m)
+
+        async def feed():
+            await asyncio.sleep(0.02)
+            buf.put(3)
+            await asyncio.sleep(0.02)
+            buf.put(4)  # 7 >= 6: the batch is full
+
+        feeder = asyncio.create_task(feed())
+        started = time.monotonic()
+        batch = await buf.take(6, within=30.0)
+        await feeder
+        return batch, time.monotonic() - started
+
+    batch, took = run(go())
+    assert batch == [3] and took < 5.0  # 3 + 4 > 6: the second waits for the next take
