@@ -244,6 +244,8 @@ def create_app(settings: Settings, encoder: TextEncoder, sink: QdrantSink) -> fa
         park_max_wait_s=settings.park_max_wait_s,
         park_max_per_user=settings.park_max_per_user,
         dedupe_window=settings.dedupe_window,
+        text_cache_size=settings.text_cache_size,
+        text_cache_max_age_s=settings.text_cache_max_age_s,
     )
     rt = Runtime(settings, processor, sink, queue, items, freshness)
     popularity = Popularity(settings.popularity_half_life_s)
@@ -321,6 +323,7 @@ def create_app(settings: Settings, encoder: TextEncoder, sink: QdrantSink) -> fa
         events were lost or applied twice.)"""
         rt.revoked.update((tp.topic, tp.partition) for tp in revoked)
         async with rt.lock:
+            processor.forget_texts()
             for user, (topic, partition) in list(rt.parked.items()):
                 if (topic, partition) in rt.revoked:
                     rt.parked.pop(user, None)
@@ -581,6 +584,7 @@ def status(app: faust.App) -> dict[str, Any]:
         "uptime_s": round(time.time() - rt.started_at, 3),
         "batches": rt.batches,
         "totals": totals,
+        "texts": dict(rt.processor.text_totals),  # user texts encoded vs found in the cache
         "parked_users": len(rt.parked),
         "qdrant": {
             "pending": rt.queue.pending,

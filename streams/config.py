@@ -54,6 +54,9 @@ class Settings(BaseSettings):
     # fetch that long even while messages arrive: ~1 s of freshness at 1,000 events/s
     fetch_max_wait_ms: int = Field(default=100, ge=0, le=1500)
     item_cache_size: int = Field(default=20_000, ge=0)  # item encodings kept in memory
+    # encodings of recent user texts (repeated searches), ~5 KB each; 0 turns it off
+    text_cache_size: int = Field(default=10_000, ge=0)
+    text_cache_max_age_s: float = Field(default=3600.0, gt=0)
     park_max_wait_s: float = Field(default=60.0, ge=0)  # a click waits this long for its item
     park_max_per_user: int = Field(default=32, ge=0)  # parked clicks one user may hold
     dedupe_window: int = Field(default=128, ge=0)  # recent event ids remembered per user

@@ -63,6 +63,12 @@ class Metrics:
             buckets=_LATENCY,
             registry=r,
         )
+        self.texts = Counter(
+            "interest_user_texts_total",
+            "Distinct user texts per batch: encoded, or found in the text cache",
+            ["source"],
+            registry=r,
+        )
         self.users_updated = Counter(
             "interest_users_updated_total", "User states changed by applied events", registry=r
         )
@@ -109,6 +115,8 @@ class Metrics:
             self.dead_lettered.labels(error)
         for reason in ("duplicates", "erased"):
             self.skipped.labels(reason)
+        for source in ("encoded", "cached"):
+            self.texts.labels(source)
 
     def observe_lag(self, lag: dict[tuple[str, int], tuple[int, float]]) -> None:
         """(topic, partition) -> (messages behind, seconds behind) for the assigned ones."""
@@ -135,6 +143,8 @@ class Metrics:
             if res.counts.get(reason):
                 self.skipped.labels(reason).inc(res.counts[reason])
         self.users_updated.inc(len(res.updated))
+        for source, n in res.texts.items():
+            self.texts.labels(source).inc(n)
 
     def observe_flush(self, published: list[float], visible_at: float, seconds: float) -> None:
         self.upsert_seconds.observe(seconds)

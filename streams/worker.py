@@ -8,7 +8,7 @@ One batch, in order:
 2. encode new item texts in one call and hand them to the item store;
 3. look up the items of all clicks at once (cache, then the store);
 4. encode the batch's unique search/comment texts (and texts of clicks on unknown items)
-   in one call per kind;
+   in one call per kind, but for those encoded lately (streams/text_cache.py);
 5. per user in arrival order: skip replayed offsets and repeated event ids, erase on
    delete, park clicks whose item is unknown, collect the rest;
 6. apply everything collected with one `apply_batch`.
@@ -49,6 +49,7 @@ from streams.events import (
 from streams.profile import encoded_event
 from streams.record import ParkedClick, RecordDecodeError, UserRecord
 from streams.state import EncodedEvent, EventBatch, StateParams, TextVectors, apply_batch
+from streams.text_cache import TextCache
 
 log = logging.getLogger("streams.worker")
 
@@ -155,6 +156,8 @@ class BatchResult:
     counts: Counter[str] = field(default_factory=Counter)
     clicked: list[tuple[str, float]] = field(default_factory=list)  # (item, ts) applied
     applied_topics: Counter[str] = field(default_factory=Counter)  # for metrics
+    # distinct user texts of the batch: "encoded" now, or "cached" (streams/text_cache.py)
+    texts: Counter[str] = field(default_factory=Counter)
 
 
 Loader = Callable[[str, Message], Awaitable[bytes | None] | bytes | None]
@@ -179,6 +182,8 @@ class Processor:
         park_max_bytes: int = 256 * 1024,
         dedupe_window: int = 128,
         record_cache_size: int = 10_000,
+        text_cache_size: int = 10_000,
+        text_cache_max_age_s: float = 3600.0,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.encoder = encoder
@@ -196,6 +201,8 @@ class Processor:
         # holds exactly those bytes
         self.record_cache_size = record_cache_size
         self._records: OrderedDict[str, tuple[bytes, UserRecord]] = OrderedDict()
+        self.texts = TextCache[TextVectors](text_cache_size, text_cache_max_age_s)
+        self.text_totals: Counter[str] = Counter()  # user texts: "encoded", "cached"
 
     @property
     def dim(self) -> int:
@@ -248,8 +255,8 @@ class Processor:
                 elif isinstance(e, ClickEvent) and e.item_id not in known and e.text:
                     own_texts.append(e.text)
         encoded = {
-            "query": await self._encode(queries, "query"),
-            "passage": await self._encode(own_texts, "passage"),
+            "query": await self._encode_user_texts(queries, "query", res),
+            "passage": await self._encode_user_texts(own_texts, "passage", res),
         }
 
         rows: list[tuple[str, EncodedEvent]] = []
@@ -271,7 +278,7 @@ class Processor:
                 if record.seen_event(e.event_id, self.dedupe_window):
                     res.counts["duplicates"] += 1  # the same event published twice
                     continue
-                text, failure = self._text_for(e, known, encoded)
+                text, failure, source = self._text_for(e, known, encoded)
                 if failure is not None:
                     res.dead_letters.append(DeadLetter(m, failure, "EncodeError"))
                     res.counts["dead_lettered"] += 1
@@ -280,6 +287,8 @@ class Processor:
                     self._park(record, m, e, res)
                     continue
                 user_rows.append((user, encoded_event(e, text)))
+                if source is not None and text is not None:
+                    self.texts.put(*source, text)  # only texts applied for a live user
                 res.applied_topics[m.topic] += 1
                 if m.timestamp is not None:
                     res.published[user] = max(res.published.get(user, 0.0), m.timestamp)
@@ -289,8 +298,13 @@ class Processor:
                 res.deleted.discard(user)
             if changed:
                 res.writes[user] = Write(record, evs[-1][0])
+        if res.deleted or res.counts["erased"]:
+            # a deleted user's texts may be among the cached ones: no trace may outlive
+            # the deletion, and deletions are rare enough to start over
+            self.texts.clear()
         self._apply(rows, res)
         self.totals.update(res.counts)
+        self.text_totals.update(res.texts)
         return res
 
     def _delete_first(
@@ -378,6 +392,29 @@ class Processor:
             else:
                 self.items.put(e, got)
 
+    async def _encode_user_texts(
+        self, texts: list[str], kind: str, res: BatchResult
+    ) -> dict[str, tuple[TextVectors | str, bool]]:
+        """Unique texts -> (vectors or the reason they could not be encoded, whether they
+        were encoded now rather than found in the text cache)."""
+        out: dict[str, tuple[TextVectors | str, bool]] = {}
+        todo = []
+        for text in dict.fromkeys(texts):
+            hit = self.texts.get(kind, text)
+            if hit is None:
+                todo.append(text)
+            else:
+                out[text] = (hit, False)
+        res.texts["cached"] += len(out)
+        res.texts["encoded"] += len(todo)
+        for text, got in (await self._encode(todo, kind)).items():
+            out[text] = (got, True)
+        return out
+
+    def forget_texts(self) -> None:
+        """Partitions moved: their users' deletions now reach another worker."""
+        self.texts.clear()
+
     async def _encode(self, texts: list[str], kind: str) -> dict[str, TextVectors | str]:
         """Unique texts -> vectors, or the reason a text could not be encoded."""
         unique = list(dict.fromkeys(texts))
@@ -427,17 +464,21 @@ class Processor:
 
     def _text_for(
         self, e: UserEvent, known: dict[str, TextVectors], encoded: dict[str, dict]
-    ) -> tuple[TextVectors | None, str | None]:
-        """(vectors or None, failure reason or None) for one event."""
+    ) -> tuple[TextVectors | None, str | None, tuple[str, str] | None]:
+        """(vectors or None, failure reason or None, (kind, text) when the text was
+        encoded in this batch and may go into the text cache) for one event."""
         if isinstance(e, SearchEvent | CommentEvent):
-            got = encoded["query"][e.query if isinstance(e, SearchEvent) else e.text]
+            kind, text = "query", e.query if isinstance(e, SearchEvent) else e.text
         elif e.item_id in known:
-            return known[e.item_id], None
+            return known[e.item_id], None, None
         elif e.text:
-            got = encoded["passage"][e.text]
+            kind, text = "passage", e.text
         else:
-            return None, None
-        return (None, got) if isinstance(got, str) else (got, None)
+            return None, None, None
+        got, fresh = encoded[kind][text]
+        if isinstance(got, str):
+            return None, got, None
+        return got, None, (kind, text) if fresh else None
 
     def _park(self, record: UserRecord, m: Message, e: ClickEvent, res: BatchResult) -> None:
         waiting = sum(len(p.value) for p in record.parked)

@@ -200,6 +200,42 @@ def test_deleting_a_user_removes_state_and_points(stack):
     assert_changelog_erased(broker.bootstrap, user, b"secret")
 
 
+def test_a_repeated_search_comes_from_the_text_cache_until_a_deletion(stack):
+    broker, worker = stack
+    query = "ramen shops near the harbour"
+
+    def step(lines: list[dict]) -> dict[str, int]:
+        """Publish, wait, and return how many distinct texts were encoded / cached."""
+        before = worker.health()
+        n = replay_lines(broker.bootstrap, lines)
+        after = worker.wait_idle(consumed=before["totals"]["consumed"] + n)
+        return {
+            k: after["texts"].get(k, 0) - before["texts"].get(k, 0) for k in ("encoded", "cached")
+        }
+
+    def search(user: str) -> dict:
+        return {
+            "type": "search",
+            "event_id": f"{user}-1",
+            "user_id": user,
+            "ts": 1.7e9,
+            "query": query,
+        }
+
+    assert step([search("cache-a")]) == {"encoded": 1, "cached": 0}
+    assert step([search("cache-b")]) == {"encoded": 0, "cached": 1}
+    a, b = (worker.get(f"/users/{u}/vectors")[1]["vectors"] for u in ("cache-a", "cache-b"))
+    for channel in ("word", "sentence", "document", "fused"):
+        assert cos(a[channel], b[channel]) >= 0.9999, channel
+    # a deletion (of anyone) empties the cache: the text is encoded again
+    before = worker.health()["totals"]["consumed"]
+    asyncio.run(
+        produce(broker.bootstrap, [("users.delete", b"cache-a", b'{"user_id": "cache-a"}')])
+    )
+    worker.wait_idle(consumed=before + 1)
+    assert step([search("cache-c")]) == {"encoded": 1, "cached": 0}
+
+
 def assert_changelog_erased(bootstrap: str, user: str, text: bytes) -> None:
     """The user's latest changelog record (what a restarted worker or a partition's new
     owner restores the table from) is a tombstone or an erased record: input offsets and

@@ -375,3 +375,49 @@ def test_batch_boundaries_do_not_change_the_result(cut):
         a, b = whole.state(user), table.state(user)
         assert cos(a.fused(), b.fused()) > 0.99999
         assert a.counts == b.counts and a.offsets == b.offsets
+
+
+def test_a_text_seen_in_an_earlier_batch_is_not_encoded_again():
+    proc, _, table, s = setup()
+    again = s.msg("search", event_id="e2", user_id="u2", ts=2.0, query="jazz club")
+    run(proc, table, [s.msg("search", event_id="e1", user_id="u1", ts=1.0, query="jazz club")])
+    res = run(proc, table, [again])
+    assert proc.encoder.calls == [("query", 1)]
+    assert +res.texts == {"cached": 1} and +proc.text_totals == {"encoded": 1, "cached": 1}
+    # the same vectors as a worker that encoded it afresh
+    fresh, _, other, s2 = setup(text_cache_size=0)
+    run(fresh, other, [s2.msg("search", event_id="e2", user_id="u2", ts=2.0, query="jazz club")])
+    assert cos(table.state("u2").fused(), other.state("u2").fused()) > 0.99999
+    assert fresh.encoder.calls == [("query", 1)]
+
+
+def test_a_deletion_empties_the_text_cache():
+    proc, _, table, s = setup()
+    run(proc, table, [s.msg("search", event_id="e1", user_id="u1", ts=1.0, query="secret hobby")])
+    assert len(proc.texts) == 1
+    run(proc, table, [s.msg("delete", user_id="u1")])
+    assert len(proc.texts) == 0
+    run(proc, table, [s.msg("search", event_id="e2", user_id="u2", ts=2.0, query="secret hobby")])
+    assert proc.encoder.calls == [("query", 1), ("query", 1)]  # encoded again
+
+
+def test_texts_of_events_not_applied_are_not_cached():
+    proc, _, table, s = setup()
+    delete = s.msg("delete", user_id="u1")
+    early = Message(
+        "events.search",
+        0,
+        99,
+        b"u1",
+        json.dumps({"event_id": "e0", "user_id": "u1", "ts": 1.0, "query": "old secret"}).encode(),
+        delete.timestamp - 10,  # published before the deletion, delivered after it
+    )
+    run(proc, table, [delete])
+    res = run(proc, table, [early])
+    assert res.counts["erased"] == 1 and len(proc.texts) == 0
+    dup = s.msg("search", event_id="d1", user_id="u2", ts=1.0, query="twice")
+    run(proc, table, [dup])
+    proc.forget_texts()  # partitions moved
+    res = run(proc, table, [dup])  # re-delivered: a duplicate, not applied, not cached
+    assert res.counts["duplicates"] == 1 and len(proc.texts) == 0
+    invariant(proc)
