@@ -317,6 +317,11 @@ def drain(
     dt_v = max(t_visible - t_first, 1e-9)
     points = h["qdrant"]["upserted"] - u0 - upserted_first
     totals = {k: v - (base["totals"].get(k, 0) if base else 0) for k, v in h["totals"].items()}
+    # distinct texts per batch: encoded, or from the text cache (ours only; streams/text_cache.py)
+    texts = {
+        k: v - (base.get("texts", {}).get(k, 0) if base else 0)
+        for k, v in h.get("texts", {}).items()
+    }
     return {
         "events": n,
         "first_batch": c_first,
@@ -328,6 +333,7 @@ def drain(
         "points_per_s": points / dt_v,
         "batches": (h.get("batches") or 0) - b0,
         "totals": totals,
+        "texts": texts,
         "timeline": timeline,
         "t_visible": t_visible,
     }
@@ -858,7 +864,15 @@ def _brief(r: dict[str, Any]) -> str:
         f"{r['events']:,} events: consumed {r['consumed_per_s']:,.0f}/s, visible "
         f"{r['visible_per_s']:,.0f}/s, {r['points_per_s']:,.0f} points/s, "
         f"avg batch {r['events'] / max(r['batches'] or 1, 1):,.0f}, cores {r.get('cpu_cores')}"
+        + (f", {_texts(r)}" if _texts(r) else "")
     )
+
+
+def _texts(r: dict[str, Any]) -> str:
+    t = r.get("texts") or {}
+    if not any(t.values()):
+        return ""
+    return f"texts encoded {t.get('encoded', 0):,} / from the text cache {t.get('cached', 0):,}"
 
 
 def report(
@@ -883,6 +897,9 @@ def report(
                 f"{x['visible_per_s']:,.0f} | {batch:,.0f} | {x['points_per_s']:,.0f} | "
                 f"{ratio} |"
             )
+    for name, r in results.items():
+        if "text" in r and _texts(r["text"]):
+            print(f"{name}, text mix, distinct texts of each batch: {_texts(r['text'])}")
     print(
         f"\n| system | freshness p50 / p99 @ {args.rate:,.0f}/s offered | consumed/s | "
         "kept up | lag at end of publishing | observations after warm-up |"
