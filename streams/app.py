@@ -236,7 +236,14 @@ def create_app(settings: Settings, encoder: TextEncoder, sink: QdrantSink) -> fa
     def on_flushed(points: list[UserPoint | RecordPoint], visible_at: float) -> None:
         metrics.observe_flush(freshness.observe(points, visible_at), visible_at, queue.last_flush_s)
 
-    queue = SyncQueue(sink, executor=executor, on_flushed=on_flushed, params=params)
+    queue = SyncQueue(
+        sink,
+        executor=executor,
+        on_flushed=on_flushed,
+        params=params,
+        max_points=settings.qdrant_write_points,
+        max_writes=settings.qdrant_writes_ahead,
+    )
     processor = Processor(
         encoder,
         items,
