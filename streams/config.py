@@ -53,6 +53,8 @@ class Settings(BaseSettings):
     # how long a fetch may wait at the broker for data. Faust sets 1.5 s, and Tansu holds a
     # fetch that long even while messages arrive: ~1 s of freshness at 1,000 events/s
     fetch_max_wait_ms: int = Field(default=100, ge=0, le=1500)
+    # ONNX Runtime threads per encoder call; 0: one per core
+    encoder_threads: int = Field(default=0, ge=0, le=256)
     # Qdrant writes: at most this many user points per upsert call, and this many calls
     # queued for the writer thread while the event loop works on a batch (sync_queue.py)
     qdrant_write_points: int = Field(default=256, ge=1, le=100_000)

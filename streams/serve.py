@@ -50,7 +50,12 @@ def serve(settings: Settings, embedded: bool) -> int:
             broker.stop()
         return 1
     try:
-        encoder = Encoder(settings.model, device=settings.device, auto_export=True)
+        encoder = Encoder(
+            settings.model,
+            device=settings.device,
+            threads=settings.encoder_threads,
+            auto_export=True,
+        )
         print(
             f"encoder {encoder.spec.name} ({encoder.precision}) on {encoder.provider}", flush=True
         )
