@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+from collections import OrderedDict
+
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from streams.text_cache import TextCache
 
@@ -73,3 +77,45 @@ def test_texts_that_are_not_valid_unicode_still_get_a_key():
 def test_bad_bounds_are_refused(entries, age):
     with pytest.raises(ValueError):
         TextCache[int](entries, age)
+
+
+ops = st.lists(
+    st.tuples(
+        st.sampled_from(["put", "put", "get", "get", "tick"]),
+        st.sampled_from(["query", "passage"]),
+        st.sampled_from(["a", "b", "语"]),  # few keys: hits, evictions and expiries all happen
+        st.floats(0, 2),
+    ),
+    min_size=4,
+    max_size=40,
+)
+
+
+@settings(max_examples=500, deadline=None)
+@given(ops=ops, max_entries=st.integers(0, 4))
+def test_matches_a_reference_lru_with_ages(ops, max_entries):
+    """Against a plain model: an ordered dict by recency, entries dropped past their age."""
+    clock = Clock()
+    cache = TextCache[int](max_entries, max_age_s=5, clock=clock)
+    model: OrderedDict[tuple[str, str], tuple[float, int]] = OrderedDict()
+    for n, (op, kind, text, dt) in enumerate(ops):
+        key = (kind, text)
+        if op == "tick":
+            clock.t += dt
+        elif op == "put":
+            cache.put(kind, text, n)
+            if max_entries:
+                model[key] = (clock.t, n)
+                model.move_to_end(key)
+                while len(model) > max_entries:
+                    model.popitem(last=False)
+        else:
+            want = None
+            if key in model:
+                if clock.t - model[key][0] > 5:
+                    del model[key]
+                else:
+                    want = model[key][1]
+                    model.move_to_end(key)
+            assert cache.get(kind, text) == want
+        assert len(cache) == len(model) <= max_entries
