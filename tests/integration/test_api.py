@@ -233,6 +233,12 @@ def test_metrics_follow_prometheus_conventions_and_agree_with_healthz(stack):
     }
     assert ("events.click", "0") in lag or ("events.click", "1") in lag
     assert all(v == 0 for v in lag.values()), lag  # caught up
+    texts = {
+        s.labels["source"]: s.value
+        for s in families["interest_user_texts"].samples
+        if s.name.endswith("_total")
+    }
+    assert texts == {k: health["texts"].get(k, 0) for k in ("encoded", "cached")}
     for f in families.values():  # bounded labels only: never a user or item id
         for s in f.samples:
-            assert set(s.labels) <= {"topic", "partition", "error", "reason", "le"}, s
+            assert set(s.labels) <= {"topic", "partition", "error", "reason", "source", "le"}, s
