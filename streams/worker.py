@@ -260,6 +260,8 @@ class Processor:
         }
 
         rows: list[tuple[str, EncodedEvent]] = []
+        # texts encoded in this batch and applied for a live user: they may be cached
+        cacheable: dict[tuple[str, str], TextVectors] = {}
         for user, evs in by_user.items():
             record = await self._load(load, user, evs[0][0])
             record, changed = self._delete_first(user, record, evs, res)
@@ -288,7 +290,7 @@ class Processor:
                     continue
                 user_rows.append((user, encoded_event(e, text)))
                 if source is not None and text is not None:
-                    self.texts.put(*source, text)  # only texts applied for a live user
+                    cacheable[source] = text
                 res.applied_topics[m.topic] += 1
                 if m.timestamp is not None:
                     res.published[user] = max(res.published.get(user, 0.0), m.timestamp)
@@ -302,6 +304,9 @@ class Processor:
             # a deleted user's texts may be among the cached ones: no trace may outlive
             # the deletion, and deletions are rare enough to start over
             self.texts.clear()
+        else:
+            for (kind, text), vectors in cacheable.items():
+                self.texts.put(kind, text, vectors)
         self._apply(rows, res)
         self.totals.update(res.counts)
         self.text_totals.update(res.texts)
